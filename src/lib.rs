@@ -1,0 +1,5 @@
+//! mailroom turns mailboxes into helpdesk tickets and sends helpdesk mail, declared
+//! as Kubernetes resources.
+
+pub mod api;
+pub mod config;
