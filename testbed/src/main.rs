@@ -1,0 +1,96 @@
+//! `testbed up`: runs the test mail servers for a person (local runs of mailroom)
+//! until interrupted, and writes how to reach them into DIR/testbed.env.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use testbed::{Options, Ports, Stack};
+
+const USAGE: &str = "usage: testbed up --dir DIR [--base-port N] [--user ADDRESS:PASSWORD]...";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("testbed: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() != Some("up") {
+        return Err(USAGE.into());
+    }
+    let mut dir = None;
+    let mut base = None;
+    let mut users = Vec::new();
+    while let Some(arg) = args.next() {
+        let mut value = || {
+            args.next()
+                .ok_or_else(|| format!("{arg} needs a value; {USAGE}"))
+        };
+        match arg.as_str() {
+            "--dir" => dir = Some(PathBuf::from(value()?)),
+            "--base-port" => {
+                base = Some(
+                    value()?
+                        .parse::<u16>()
+                        .map_err(|e| format!("--base-port: {e}"))?,
+                )
+            }
+            "--user" => {
+                let v = value()?;
+                let (address, password) = v
+                    .split_once(':')
+                    .ok_or_else(|| format!("--user {v}: expected ADDRESS:PASSWORD"))?;
+                users.push((address.to_owned(), password.to_owned()));
+            }
+            _ => return Err(format!("unknown argument {arg}; {USAGE}")),
+        }
+    }
+    let dir = dir.ok_or_else(|| USAGE.to_owned())?;
+    let stack = Stack::start(Options {
+        ports: base.map(Ports::from_base),
+        dir: Some(dir),
+    })
+    .map_err(|e| e.to_string())?;
+    for (address, password) in &users {
+        stack
+            .add_user(address, password)
+            .map_err(|e| e.to_string())?;
+    }
+    let p = stack.ports();
+    let env = format!(
+        "TESTBED_CA={}\nTESTBED_IMAP={}\nTESTBED_IMAPS={}\nTESTBED_POP3={}\nTESTBED_POP3S={}\nTESTBED_SUBMISSION={}\nTESTBED_SMTPS={}\nTESTBED_CLEARTEXT_HOST={}\n",
+        stack.ca_path().display(),
+        p.imap,
+        p.imaps,
+        p.pop3,
+        p.pop3s,
+        p.submission,
+        p.smtps,
+        testbed::CLEARTEXT_HOST,
+    );
+    let env_path = stack.dir().join("testbed.env");
+    std::fs::write(&env_path, env).map_err(|e| format!("{}: {e}", env_path.display()))?;
+    eprintln!(
+        "testbed: mail servers ready in {} ms; IMAPS 127.0.0.1:{}, POP3S {}, submission {}, SMTPS {}; CA {}; users: {}",
+        stack.startup_time().as_millis(),
+        p.imaps,
+        p.pop3s,
+        p.submission,
+        p.smtps,
+        stack.ca_path().display(),
+        users
+            .iter()
+            .map(|(a, _)| a.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // Runs until killed; the watchdog stops the servers when this process ends.
+    loop {
+        std::thread::park();
+    }
+}

@@ -1,0 +1,50 @@
+//! A private CA per stack, and a server certificate it signs. The leaf is CA:FALSE
+//! with SANs localhost, 127.0.0.1, 127.0.0.2 and ::1: rustls refuses a self-signed
+//! CA certificate used as a server certificate, so clients verify for real.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+
+use crate::Error;
+
+pub(crate) struct TestCerts {
+    pub ca_pem: String,
+    pub server_pem: String,
+    pub server_key_pem: String,
+}
+
+pub(crate) fn generate() -> Result<TestCerts, Error> {
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name
+        .push(DnType::CommonName, "mailroom testbed CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.not_after = rcgen::date_time_ymd(2099, 12, 31);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+
+    let mut leaf = CertificateParams::new(vec!["localhost".to_owned()])?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    for ip in ["127.0.0.1", "127.0.0.2", "::1"] {
+        leaf.subject_alt_names.push(SanType::IpAddress(
+            ip.parse()
+                .map_err(|_| Error::Setup(format!("bad IP {ip}")))?,
+        ));
+    }
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    leaf.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.not_after = rcgen::date_time_ymd(2099, 12, 31);
+    let leaf_key = KeyPair::generate()?;
+    let leaf_cert = leaf.signed_by(&leaf_key, &ca)?;
+    Ok(TestCerts {
+        ca_pem: ca.pem(),
+        server_pem: leaf_cert.pem(),
+        server_key_pem: leaf_key.serialize_pem(),
+    })
+}
