@@ -4,8 +4,10 @@
 
 pub mod defaults;
 pub mod secret;
+pub mod server;
 pub mod size;
 
 pub use defaults::{DefaultsError, Endpoint, MailProtocol, resolve_endpoint};
 pub use secret::normalize_password;
+pub use server::{Credentials, SecretError, SecretSource, ServerSettings};
 pub use size::{SizeError, parse_size};

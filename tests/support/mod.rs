@@ -1,0 +1,156 @@
+//! Helpers shared by the integration tests: specs pointing at the test mail
+//! servers, in-memory Secrets, and a relay that records what a client sends.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use mailroom::api::{
+    AuthSpec, IncomingEmailServerSpec, IncomingProtocol, Provider, SecretKeyRef, SecurityType,
+    TlsSpec,
+};
+use mailroom::config::{SecretError, SecretSource};
+use mailroom::incoming::IncomingSettings;
+use testbed::{Stack, User};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Secrets held in memory, keyed by (name, key).
+#[derive(Default, Clone)]
+pub struct Secrets(pub HashMap<(String, String), Vec<u8>>);
+
+impl Secrets {
+    pub fn with(mut self, name: &str, key: &str, value: &str) -> Self {
+        self.0
+            .insert((name.into(), key.into()), value.as_bytes().to_vec());
+        self
+    }
+}
+
+impl SecretSource for Secrets {
+    fn get(&self, name: &str, key: &str) -> Result<Vec<u8>, SecretError> {
+        if !self.0.keys().any(|(n, _)| n == name) {
+            return Err(SecretError::NotFound { name: name.into() });
+        }
+        self.0
+            .get(&(name.to_owned(), key.to_owned()))
+            .cloned()
+            .ok_or_else(|| SecretError::KeyMissing {
+                name: name.into(),
+                key: key.into(),
+            })
+    }
+}
+
+/// A spec for `user` on the test stack, over `protocol` with `security`, at `addr`.
+pub fn incoming_spec(
+    stack: &Stack,
+    user: &User,
+    protocol: IncomingProtocol,
+    security: SecurityType,
+) -> (IncomingEmailServerSpec, Secrets) {
+    let port = match (protocol, security) {
+        (IncomingProtocol::Imap, SecurityType::Ssl) => stack.ports().imaps,
+        (IncomingProtocol::Imap, SecurityType::Tls) => stack.ports().imap,
+        (IncomingProtocol::Pop3, SecurityType::Ssl) => stack.ports().pop3s,
+        (IncomingProtocol::Pop3, SecurityType::Tls) => stack.ports().pop3,
+    };
+    let spec: IncomingEmailServerSpec = serde_json::from_value(serde_json::json!({
+        "email": user.address,
+        "protocol": protocol,
+        "provider": "Other",
+        "server": "127.0.0.1",
+        "port": port,
+        "securityType": security,
+        "auth": {"passwordSecretRef": {"name": "mail", "key": "password"}},
+        "tls": {"caSecretRef": {"name": "ca", "key": "ca.crt"}},
+    }))
+    .unwrap();
+    let secrets = Secrets::default()
+        .with("mail", "password", &user.password)
+        .with("ca", "ca.crt", stack.ca_pem());
+    (spec, secrets)
+}
+
+pub fn resolve(spec: &IncomingEmailServerSpec, secrets: &Secrets) -> IncomingSettings {
+    IncomingSettings::resolve("helpdesk", "support", spec, secrets, &Secrets::default()).unwrap()
+}
+
+pub fn with_provider(
+    mut spec: IncomingEmailServerSpec,
+    provider: Provider,
+) -> IncomingEmailServerSpec {
+    spec.provider = provider;
+    spec
+}
+
+pub fn with_auth(mut spec: IncomingEmailServerSpec, auth: AuthSpec) -> IncomingEmailServerSpec {
+    spec.auth = auth;
+    spec
+}
+
+pub fn without_ca(mut spec: IncomingEmailServerSpec) -> IncomingEmailServerSpec {
+    spec.tls = Some(TlsSpec::default());
+    spec
+}
+
+pub fn password_ref() -> SecretKeyRef {
+    SecretKeyRef {
+        name: "mail".into(),
+        key: "password".into(),
+    }
+}
+
+/// A TCP relay to `target` that records every byte the client sent, to prove
+/// what did or did not go over the wire.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    sent: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Recorder {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let record = sent.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.split();
+                    let (mut sr, mut sw) = server.split();
+                    let upstream = async {
+                        let mut buf = [0u8; 4096];
+                        loop {
+                            let n = cr.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                break;
+                            }
+                            record.lock().unwrap().extend_from_slice(&buf[..n]);
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = sw.shutdown().await;
+                    };
+                    let downstream = async {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                        let _ = cw.shutdown().await;
+                    };
+                    tokio::join!(upstream, downstream);
+                });
+            }
+        });
+        Self { addr, sent }
+    }
+
+    pub fn sent(&self) -> String {
+        String::from_utf8_lossy(&self.sent.lock().unwrap()).into_owned()
+    }
+}
