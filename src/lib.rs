@@ -5,3 +5,6 @@ pub mod api;
 pub mod config;
 pub mod connection;
 pub mod incoming;
+pub mod sinks;
+pub mod state;
+pub mod ticket;

@@ -4,6 +4,7 @@
 pub mod imap;
 pub mod pop3;
 pub mod settings;
+pub mod worker;
 
 use crate::api::{ConnectionStage, IncomingProtocol};
 use crate::connection::{ConnectionReport, Probe, within};

@@ -684,6 +684,31 @@ impl Stack {
             .collect())
     }
 
+    /// Stores a message into a folder exactly as given (no headers added, unlike
+    /// delivery), e.g. a message without any header section.
+    pub fn save(&self, user: &str, folder: &str, raw: &[u8]) -> Result<(), Error> {
+        let mut child = Command::new("doveadm")
+            .arg("-c")
+            .arg(self.dir.join("dovecot.conf"))
+            .args(["save", "-u", user, "-m", folder])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(raw)?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                command: format!("doveadm save -u {user} -m {folder}"),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// Creates a folder for a user.
     pub fn create_folder(&self, user: &str, folder: &str) -> Result<(), Error> {
         self.doveadm(&["mailbox", "create", "-u", user, folder])

@@ -154,3 +154,91 @@ impl Recorder {
         String::from_utf8_lossy(&self.sent.lock().unwrap()).into_owned()
     }
 }
+
+/// One request the webhook receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub status: u16,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A minimal HTTP/1.1 receiver for webhook tests; `answer` picks the status of
+/// each request from its sequence number (0-based).
+pub struct WebhookReceiver {
+    pub url: String,
+    pub received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl WebhookReceiver {
+    pub async fn start(answer: impl Fn(usize) -> u16 + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/tickets", listener.local_addr().unwrap());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = received.clone();
+        let answer = Arc::new(answer);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let log = log.clone();
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut reader = tokio::io::BufReader::new(stream);
+                    loop {
+                        use tokio::io::AsyncBufReadExt;
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut headers = Vec::new();
+                        loop {
+                            let mut h = String::new();
+                            reader.read_line(&mut h).await.unwrap();
+                            let h = h.trim_end().to_owned();
+                            if h.is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = h.split_once(':') {
+                                headers.push((k.trim().to_owned(), v.trim().to_owned()));
+                            }
+                        }
+                        let len: usize = headers
+                            .iter()
+                            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                            .and_then(|(_, v)| v.parse().ok())
+                            .unwrap_or(0);
+                        let mut body = vec![0u8; len];
+                        reader.read_exact(&mut body).await.unwrap();
+                        let status = {
+                            let mut log = log.lock().unwrap();
+                            let status = answer(log.len());
+                            log.push(Received {
+                                headers,
+                                body,
+                                status,
+                            });
+                            status
+                        };
+                        let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+                        if reader.get_mut().write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { url, received }
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}

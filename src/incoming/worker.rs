@@ -1,0 +1,841 @@
+//! The fetch worker behind an IncomingEmailServer: fetch new mail, map it to
+//! tickets, hand them to the sink, and only after the sink accepted them apply
+//! afterProcessing and move the durable cursor. Real time with IMAP IDLE, else
+//! polling. Connection and sink failures retry with capped exponential backoff
+//! and jitter; one bad message is quarantined (IMAP) or skipped (POP3) and never
+//! blocks the rest.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::imap::{self, ImapSession};
+use super::pop3::Pop3;
+use super::settings::IncomingSettings;
+use crate::api::{AfterProcessing, ConnectionStage, IncomingProtocol};
+use crate::connection::{ConnectionReport, Failure, Probe, Reason, within};
+use crate::sinks::{Delivery, Sink};
+use crate::state::{Cursor, CursorStore, ImapCursor};
+use crate::ticket::{self, Ticket};
+
+/// How new mail is noticed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scanning {
+    Idle,
+    Polling { every: Duration, reason: String },
+}
+
+/// What a worker reports, for status, events and metrics.
+#[derive(Clone, Debug)]
+pub enum WorkerEvent {
+    Connected(ConnectionReport),
+    ConnectionFailed {
+        report: ConnectionReport,
+        retry_in: Duration,
+    },
+    Scanning(Scanning),
+    Fetched {
+        count: usize,
+    },
+    TicketCreated {
+        key: String,
+        message_id: Option<String>,
+    },
+    /// The sink refused the ticket for good; the mail is left in place.
+    TicketRejected {
+        message_id: Option<String>,
+        reason: String,
+    },
+    /// Unparseable or oversized: moved to the quarantine folder (IMAP) or skipped (POP3).
+    Quarantined {
+        message_id: Option<String>,
+        reason: String,
+    },
+    SinkUnavailable {
+        message: String,
+        retry_in: Duration,
+    },
+    CursorAdvanced(Cursor),
+    Stopped,
+}
+
+/// Counters of one worker.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub fetched: AtomicU64,
+    pub tickets_created: AtomicU64,
+    pub rejected: AtomicU64,
+    pub failed: AtomicU64,
+    pub last_fetch_at: Mutex<Option<jiff::Timestamp>>,
+}
+
+/// Tuning that tests and benchmarks change; the defaults suit production.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Messages fetched, delivered and marked per round trip.
+    pub batch: usize,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// IDLE is re-issued before the server's 29-minute limit.
+    pub idle_refresh: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(300),
+            idle_refresh: Duration::from_secs(25 * 60),
+        }
+    }
+}
+
+/// A running worker.
+pub struct WorkerHandle {
+    shutdown: watch::Sender<bool>,
+    join: JoinHandle<()>,
+    pub stats: Arc<WorkerStats>,
+}
+
+impl WorkerHandle {
+    /// Stops taking new work, lets the message in flight finish, persists the
+    /// cursor, and returns when the worker has ended.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.join.await;
+    }
+}
+
+/// Why a session ended early.
+enum SessionEnd {
+    Connect(Box<ConnectionReport>),
+    Sink(String),
+    Lost(Failure),
+}
+
+struct Backoff {
+    attempt: u32,
+    base: Duration,
+    cap: Duration,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << self.attempt.min(16));
+        self.attempt = self.attempt.saturating_add(1);
+        // Jitter keeps many mailboxes of one server from retrying in lockstep.
+        exp.min(self.cap).mul_f64(0.8 + fastrand::f64() * 0.4)
+    }
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+pub struct Worker {
+    settings: IncomingSettings,
+    sink: Arc<Sink>,
+    store: Arc<dyn CursorStore>,
+    key: String,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+    stats: Arc<WorkerStats>,
+    shutdown: watch::Receiver<bool>,
+    options: WorkerOptions,
+    backoff: Backoff,
+}
+
+fn lost(what: &str, e: impl std::fmt::Display) -> SessionEnd {
+    SessionEnd::Lost(Failure::new(Reason::ProtocolError, format!("{what}: {e}")))
+}
+
+/// `1,2,3,7` → `1:3,7`.
+fn uid_set(uids: &[u32]) -> String {
+    let mut sorted = uids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}:{end}")
+        });
+        i += 1;
+    }
+    out.join(",")
+}
+
+impl Worker {
+    /// Starts a worker; events go to `events`.
+    pub fn spawn(
+        settings: IncomingSettings,
+        sink: Arc<Sink>,
+        store: Arc<dyn CursorStore>,
+        events: mpsc::UnboundedSender<WorkerEvent>,
+        options: WorkerOptions,
+    ) -> WorkerHandle {
+        let (tx, rx) = watch::channel(false);
+        let stats = Arc::new(WorkerStats::default());
+        let worker = Worker {
+            key: settings.ticket.mailbox.clone(),
+            backoff: Backoff {
+                attempt: 0,
+                base: options.backoff_base,
+                cap: options.backoff_cap,
+            },
+            settings,
+            sink,
+            store,
+            events,
+            stats: stats.clone(),
+            shutdown: rx,
+            options,
+        };
+        WorkerHandle {
+            shutdown: tx,
+            join: tokio::spawn(worker.run()),
+            stats,
+        }
+    }
+
+    fn emit(&self, event: WorkerEvent) {
+        // Nobody listening is not an error: status is then simply not kept.
+        let _ = self.events.send(event);
+    }
+
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Sleeps, returning early (true) when asked to stop.
+    async fn pause(&mut self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => self.stopping(),
+            _ = self.shutdown.changed() => true,
+        }
+    }
+
+    async fn run(mut self) {
+        while !self.stopping() {
+            let outcome = match self.settings.protocol {
+                IncomingProtocol::Imap => self.imap_session().await,
+                IncomingProtocol::Pop3 => self.pop3_session().await,
+            };
+            let retry_in = match outcome {
+                Ok(()) => continue,
+                Err(SessionEnd::Connect(report)) => {
+                    let retry_in = self.backoff.next();
+                    self.emit(WorkerEvent::ConnectionFailed {
+                        report: *report,
+                        retry_in,
+                    });
+                    retry_in
+                }
+                Err(SessionEnd::Sink(message)) => {
+                    let retry_in = self.backoff.next();
+                    self.emit(WorkerEvent::SinkUnavailable { message, retry_in });
+                    retry_in
+                }
+                Err(SessionEnd::Lost(failure)) => {
+                    let retry_in = self.backoff.next();
+                    let mut probe = Probe::new();
+                    let _ = probe
+                        .stage(ConnectionStage::Mailbox, async {
+                            Err::<(), _>(failure.clone())
+                        })
+                        .await;
+                    self.emit(WorkerEvent::ConnectionFailed {
+                        report: probe.finish(Err(failure)),
+                        retry_in,
+                    });
+                    retry_in
+                }
+            };
+            if self.pause(retry_in).await {
+                break;
+            }
+        }
+        self.emit(WorkerEvent::Stopped);
+    }
+
+    fn load_cursor(&self) -> Result<Cursor, SessionEnd> {
+        self.store
+            .load(&self.key)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| SessionEnd::Lost(Failure::new(Reason::ProtocolError, e.to_string())))
+    }
+
+    fn save_cursor(&self, cursor: &Cursor) -> Result<(), SessionEnd> {
+        self.store
+            .save(&self.key, cursor)
+            .map_err(|e| SessionEnd::Lost(Failure::new(Reason::ProtocolError, e.to_string())))?;
+        self.emit(WorkerEvent::CursorAdvanced(cursor.clone()));
+        Ok(())
+    }
+
+    fn mark_fetched(&self, count: usize) {
+        self.stats
+            .fetched
+            .fetch_add(count as u64, Ordering::Relaxed);
+        if let Ok(mut at) = self.stats.last_fetch_at.lock() {
+            *at = Some(jiff::Timestamp::now());
+        }
+        self.emit(WorkerEvent::Fetched { count });
+    }
+
+    /// Hands tickets to the sink; returns the indexes accepted.
+    async fn deliver(&self, tickets: &[Ticket]) -> Result<Vec<usize>, SessionEnd> {
+        if tickets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let deliveries = self
+            .sink
+            .deliver(tickets)
+            .await
+            .map_err(|e| SessionEnd::Sink(e.to_string()))?;
+        let mut accepted = Vec::new();
+        for (i, (ticket, delivery)) in tickets.iter().zip(deliveries).enumerate() {
+            match delivery {
+                Delivery::Accepted => {
+                    self.stats.tickets_created.fetch_add(1, Ordering::Relaxed);
+                    self.emit(WorkerEvent::TicketCreated {
+                        key: ticket.idempotency_key.clone(),
+                        message_id: ticket.message_id.clone(),
+                    });
+                    accepted.push(i);
+                }
+                Delivery::Rejected { reason } => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    self.emit(WorkerEvent::TicketRejected {
+                        message_id: ticket.message_id.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(accepted)
+    }
+
+    fn quarantined(&self, message_id: Option<String>, reason: String) {
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        self.emit(WorkerEvent::Quarantined { message_id, reason });
+    }
+
+    async fn imap_session(&mut self) -> Result<(), SessionEnd> {
+        let io = self.settings.server.timeouts.io;
+        let mut probe = Probe::new();
+        let mut session = match imap::connect(&self.settings.server, &mut probe).await {
+            Ok(s) => s,
+            Err(f) => return Err(SessionEnd::Connect(Box::new(probe.finish(Err(f))))),
+        };
+        let mailbox = self.settings.mailbox.clone();
+        let selected = probe
+            .stage(
+                ConnectionStage::Mailbox,
+                within(io, "selecting the mailbox", async {
+                    session
+                        .select(&mailbox)
+                        .await
+                        .map_err(|e| imap::mailbox_failure(&mailbox, e))
+                }),
+            )
+            .await;
+        let caps: HashSet<String> = probe
+            .capabilities
+            .iter()
+            .map(|c| c.to_ascii_uppercase())
+            .collect();
+        let selected = match selected {
+            Ok(s) => s,
+            Err(f) => return Err(SessionEnd::Connect(Box::new(probe.finish(Err(f))))),
+        };
+        self.emit(WorkerEvent::Connected(probe.finish(Ok(()))));
+        self.backoff.reset();
+
+        let uid_validity = selected.uid_validity.unwrap_or(0);
+        let uid_next = selected.uid_next.unwrap_or(1);
+        let mut cursor = self.load_cursor()?;
+        // First start, or the server renumbered the mailbox (UIDVALIDITY changed):
+        // what was processed can no longer be told by UID, so take what
+        // afterProcessing has not touched (unseen mail, or everything left when
+        // processed mail is moved or deleted). Idempotency keys keep the sink
+        // free of duplicates either way.
+        let mut last_uid = cursor
+            .imap
+            .filter(|c| c.uid_validity == uid_validity)
+            .map(|c| c.last_uid);
+
+        let idle = self.settings.real_time && caps.contains("IDLE");
+        self.emit(WorkerEvent::Scanning(if idle {
+            Scanning::Idle
+        } else {
+            Scanning::Polling {
+                every: self.settings.scan_interval,
+                reason: if self.settings.real_time {
+                    "the server does not offer IDLE".into()
+                } else {
+                    "realTimeScanning is off".into()
+                },
+            }
+        }));
+
+        let mut created_folders = HashSet::new();
+        loop {
+            let query = match last_uid {
+                Some(last) => format!("UID {}:*", last.saturating_add(1)),
+                None if self.settings.after_processing == AfterProcessing::MarkSeen => {
+                    "UNSEEN".into()
+                }
+                None => "ALL".into(),
+            };
+            let mut uids: Vec<u32> = within(io, "searching new mail", async {
+                session
+                    .uid_search(&query)
+                    .await
+                    .map_err(|e| Failure::new(Reason::ProtocolError, format!("UID SEARCH: {e}")))
+            })
+            .await
+            .map_err(SessionEnd::Lost)?
+            .into_iter()
+            // `UID n:*` also returns the last message when n is past it.
+            .filter(|uid| last_uid.is_none_or(|last| *uid > last))
+            .collect();
+            uids.sort_unstable();
+
+            for chunk in uids.chunks(self.options.batch.max(1)) {
+                if self.stopping() {
+                    return Ok(());
+                }
+                self.imap_chunk(&mut session, chunk, &caps, &mut created_folders)
+                    .await?;
+                let newest = chunk.iter().copied().max().unwrap_or(0);
+                last_uid = Some(last_uid.unwrap_or(0).max(newest));
+                cursor.imap = Some(ImapCursor {
+                    uid_validity,
+                    last_uid: last_uid.unwrap_or(0),
+                });
+                self.save_cursor(&cursor)?;
+            }
+            if last_uid.is_none() || cursor.imap.is_none_or(|c| c.uid_validity != uid_validity) {
+                last_uid = Some(last_uid.unwrap_or(0).max(uid_next.saturating_sub(1)));
+                cursor.imap = Some(ImapCursor {
+                    uid_validity,
+                    last_uid: last_uid.unwrap_or(0),
+                });
+                self.save_cursor(&cursor)?;
+            }
+            if self.stopping() {
+                let _ = within(io, "logging out", async {
+                    session
+                        .logout()
+                        .await
+                        .map_err(|e| Failure::new(Reason::ProtocolError, e.to_string()))
+                })
+                .await;
+                return Ok(());
+            }
+            session = if idle {
+                self.idle(session).await?
+            } else {
+                if self.pause(self.settings.scan_interval).await {
+                    return Ok(());
+                }
+                within(io, "polling", async {
+                    session
+                        .noop()
+                        .await
+                        .map_err(|e| Failure::new(Reason::ProtocolError, format!("NOOP: {e}")))
+                })
+                .await
+                .map_err(SessionEnd::Lost)?;
+                session
+            };
+        }
+    }
+
+    /// Waits in IDLE until the server reports a change, the refresh time passes,
+    /// or the worker is asked to stop.
+    async fn idle(&mut self, session: ImapSession) -> Result<ImapSession, SessionEnd> {
+        let io = self.settings.server.timeouts.io;
+        let mut handle = session.idle();
+        within(io, "starting IDLE", async {
+            handle
+                .init()
+                .await
+                .map_err(|e| Failure::new(Reason::ProtocolError, format!("IDLE: {e}")))
+        })
+        .await
+        .map_err(SessionEnd::Lost)?;
+        {
+            let (wait, stop) = handle.wait_with_timeout(self.options.idle_refresh);
+            tokio::pin!(wait);
+            let mut shutdown = self.shutdown.clone();
+            let result = tokio::select! {
+                r = &mut wait => r,
+                _ = shutdown.changed() => {
+                    drop(stop);
+                    wait.await
+                }
+            };
+            result.map_err(|e| lost("IDLE", e))?;
+        }
+        within(io, "ending IDLE", async {
+            handle
+                .done()
+                .await
+                .map_err(|e| Failure::new(Reason::ProtocolError, format!("DONE: {e}")))
+        })
+        .await
+        .map_err(SessionEnd::Lost)
+    }
+
+    async fn ensure_folder(
+        &self,
+        session: &mut ImapSession,
+        folder: &str,
+        created: &mut HashSet<String>,
+    ) -> Result<(), SessionEnd> {
+        if created.contains(folder) {
+            return Ok(());
+        }
+        // CREATE of an existing folder fails harmlessly; the MOVE that follows tells.
+        let _ = within(
+            self.settings.server.timeouts.io,
+            "creating a folder",
+            async {
+                session
+                    .create(folder)
+                    .await
+                    .map_err(|e| Failure::new(Reason::ProtocolError, e.to_string()))
+            },
+        )
+        .await;
+        created.insert(folder.to_owned());
+        Ok(())
+    }
+
+    async fn move_uids(
+        &self,
+        session: &mut ImapSession,
+        uids: &[u32],
+        folder: &str,
+        caps: &HashSet<String>,
+        created: &mut HashSet<String>,
+    ) -> Result<(), SessionEnd> {
+        if uids.is_empty() {
+            return Ok(());
+        }
+        self.ensure_folder(session, folder, created).await?;
+        let set = uid_set(uids);
+        let io = self.settings.server.timeouts.io;
+        if caps.contains("MOVE") {
+            within(io, "moving mail", async {
+                session.uid_mv(&set, folder).await.map_err(|e| {
+                    Failure::new(
+                        Reason::ProtocolError,
+                        format!("UID MOVE to {folder:?}: {e}"),
+                    )
+                })
+            })
+            .await
+            .map_err(SessionEnd::Lost)
+        } else {
+            within(io, "copying mail", async {
+                session.uid_copy(&set, folder).await.map_err(|e| {
+                    Failure::new(
+                        Reason::ProtocolError,
+                        format!("UID COPY to {folder:?}: {e}"),
+                    )
+                })
+            })
+            .await
+            .map_err(SessionEnd::Lost)?;
+            self.delete_uids(session, uids, caps).await
+        }
+    }
+
+    async fn delete_uids(
+        &self,
+        session: &mut ImapSession,
+        uids: &[u32],
+        caps: &HashSet<String>,
+    ) -> Result<(), SessionEnd> {
+        let set = uid_set(uids);
+        within(self.settings.server.timeouts.io, "deleting mail", async {
+            let flagged: Vec<_> = session
+                .uid_store(&set, "+FLAGS.SILENT (\\Deleted)")
+                .await
+                .map_err(|e| Failure::new(Reason::ProtocolError, format!("UID STORE: {e}")))?
+                .try_collect()
+                .await
+                .map_err(|e| Failure::new(Reason::ProtocolError, format!("UID STORE: {e}")))?;
+            drop(flagged);
+            // UID EXPUNGE removes only our messages; plain EXPUNGE is the fallback.
+            if caps.contains("UIDPLUS") {
+                let _: Vec<_> = session
+                    .uid_expunge(&set)
+                    .await
+                    .map_err(|e| Failure::new(Reason::ProtocolError, format!("UID EXPUNGE: {e}")))?
+                    .try_collect()
+                    .await
+                    .map_err(|e| {
+                        Failure::new(Reason::ProtocolError, format!("UID EXPUNGE: {e}"))
+                    })?;
+            } else {
+                let _: Vec<_> = session
+                    .expunge()
+                    .await
+                    .map_err(|e| Failure::new(Reason::ProtocolError, format!("EXPUNGE: {e}")))?
+                    .try_collect()
+                    .await
+                    .map_err(|e| Failure::new(Reason::ProtocolError, format!("EXPUNGE: {e}")))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(SessionEnd::Lost)
+    }
+
+    async fn imap_chunk(
+        &mut self,
+        session: &mut ImapSession,
+        chunk: &[u32],
+        caps: &HashSet<String>,
+        created: &mut HashSet<String>,
+    ) -> Result<(), SessionEnd> {
+        let io = self.settings.server.timeouts.io;
+        let max = self.settings.max_message_size;
+        let set = uid_set(chunk);
+        // Sizes first, so that an oversized message is never downloaded.
+        let sizes: Vec<(u32, u64)> = within(io, "reading message sizes", async {
+            let fetches: Vec<_> = session
+                .uid_fetch(&set, "(UID RFC822.SIZE)")
+                .await
+                .map_err(|e| Failure::new(Reason::ProtocolError, format!("UID FETCH: {e}")))?
+                .try_collect()
+                .await
+                .map_err(|e| Failure::new(Reason::ProtocolError, format!("UID FETCH: {e}")))?;
+            Ok(fetches
+                .iter()
+                .filter_map(|f| Some((f.uid?, u64::from(f.size.unwrap_or(0)))))
+                .collect())
+        })
+        .await
+        .map_err(SessionEnd::Lost)?;
+        let (fits, too_big): (Vec<_>, Vec<_>) =
+            sizes.into_iter().partition(|(_, size)| *size <= max);
+
+        let mut quarantine: Vec<(u32, Option<String>, String)> = too_big
+            .iter()
+            .map(|(uid, size)| {
+                (
+                    *uid,
+                    None,
+                    format!("message of {size} bytes is over maxMessageSize ({max} bytes)"),
+                )
+            })
+            .collect();
+        let mut tickets = Vec::new();
+        let mut ticket_uids = Vec::new();
+        if !fits.is_empty() {
+            let fit_set = uid_set(&fits.iter().map(|(uid, _)| *uid).collect::<Vec<_>>());
+            let bodies = within(io, "fetching messages", async {
+                session
+                    .uid_fetch(&fit_set, "(UID BODY.PEEK[])")
+                    .await
+                    .map_err(|e| Failure::new(Reason::ProtocolError, format!("UID FETCH: {e}")))?
+                    .try_collect::<Vec<_>>()
+                    .await
+                    .map_err(|e| Failure::new(Reason::ProtocolError, format!("UID FETCH: {e}")))
+            })
+            .await
+            .map_err(SessionEnd::Lost)?;
+            self.mark_fetched(bodies.len() + too_big.len());
+            let now = jiff::Timestamp::now();
+            for fetch in &bodies {
+                let Some(uid) = fetch.uid else { continue };
+                let raw = fetch.body().unwrap_or_default();
+                match ticket::map(raw, &self.settings.ticket, now) {
+                    Ok(t) => {
+                        tickets.push(t);
+                        ticket_uids.push(uid);
+                    }
+                    Err(e) => quarantine.push((uid, None, e.to_string())),
+                }
+            }
+        } else {
+            self.mark_fetched(too_big.len());
+        }
+
+        let accepted = self.deliver(&tickets).await?;
+        let done: Vec<u32> = accepted.iter().map(|i| ticket_uids[*i]).collect();
+        if !done.is_empty() {
+            match self.settings.after_processing {
+                AfterProcessing::MarkSeen => {
+                    let set = uid_set(&done);
+                    within(io, "marking mail seen", async {
+                        session
+                            .uid_store(&set, "+FLAGS.SILENT (\\Seen)")
+                            .await
+                            .map_err(|e| {
+                                Failure::new(Reason::ProtocolError, format!("UID STORE: {e}"))
+                            })?
+                            .try_collect::<Vec<_>>()
+                            .await
+                            .map_err(|e| {
+                                Failure::new(Reason::ProtocolError, format!("UID STORE: {e}"))
+                            })
+                    })
+                    .await
+                    .map_err(SessionEnd::Lost)?;
+                }
+                AfterProcessing::Move => {
+                    let folder = self.settings.move_to.clone().unwrap_or_default();
+                    self.move_uids(session, &done, &folder, caps, created)
+                        .await?;
+                }
+                AfterProcessing::Delete => self.delete_uids(session, &done, caps).await?,
+                AfterProcessing::Keep => {}
+            }
+        }
+        if !quarantine.is_empty() {
+            let folder = self.settings.quarantine_folder.clone();
+            let uids: Vec<u32> = quarantine.iter().map(|(uid, _, _)| *uid).collect();
+            self.move_uids(session, &uids, &folder, caps, created)
+                .await?;
+            for (uid, message_id, reason) in quarantine {
+                self.quarantined(
+                    message_id,
+                    format!("UID {uid} moved to {folder:?}: {reason}"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn pop3_session(&mut self) -> Result<(), SessionEnd> {
+        let mut probe = Probe::new();
+        let mut pop = match Pop3::connect(&self.settings.server, &mut probe).await {
+            Ok(p) => p,
+            Err(f) => return Err(SessionEnd::Connect(Box::new(probe.finish(Err(f))))),
+        };
+        if let Err(f) = probe.stage(ConnectionStage::Mailbox, pop.stat()).await {
+            return Err(SessionEnd::Connect(Box::new(probe.finish(Err(f)))));
+        }
+        self.emit(WorkerEvent::Connected(probe.finish(Ok(()))));
+        self.backoff.reset();
+        self.emit(WorkerEvent::Scanning(Scanning::Polling {
+            every: self.settings.scan_interval,
+            reason: "POP3 has no IDLE".into(),
+        }));
+
+        let mut cursor = self.load_cursor()?;
+        let uidl = pop.uidl().await.map_err(SessionEnd::Lost)?;
+        let sizes: std::collections::HashMap<u32, u64> = pop
+            .list()
+            .await
+            .map_err(SessionEnd::Lost)?
+            .into_iter()
+            .collect();
+        // Forget messages that are gone from the server: the set stays small.
+        let present: HashSet<&str> = uidl.iter().map(|(_, u)| u.as_str()).collect();
+        cursor.pop3_seen.retain(|u| present.contains(u.as_str()));
+        let new: Vec<(u32, String)> = uidl
+            .iter()
+            .filter(|(_, u)| !cursor.pop3_seen.contains(u))
+            .cloned()
+            .collect();
+        let max = self.settings.max_message_size;
+
+        for chunk in new.chunks(self.options.batch.max(1)) {
+            if self.stopping() {
+                break;
+            }
+            let mut tickets = Vec::new();
+            let mut numbers = Vec::new();
+            let now = jiff::Timestamp::now();
+            for (n, uid) in chunk {
+                let size = sizes.get(n).copied().unwrap_or(0);
+                if size > max {
+                    self.quarantined(None, format!("POP3 message {uid} of {size} bytes is over maxMessageSize ({max} bytes): skipped, left on the server"));
+                    continue;
+                }
+                let raw = pop.retr(*n, size).await.map_err(SessionEnd::Lost)?;
+                match ticket::map(&raw, &self.settings.ticket, now) {
+                    Ok(t) => {
+                        tickets.push(t);
+                        numbers.push((*n, uid.clone()));
+                    }
+                    Err(e) => self.quarantined(
+                        None,
+                        format!("POP3 message {uid}: {e}: skipped, left on the server"),
+                    ),
+                }
+            }
+            self.mark_fetched(chunk.len());
+            let accepted = self.deliver(&tickets).await?;
+            if self.settings.after_processing == AfterProcessing::Delete {
+                for i in &accepted {
+                    pop.dele(numbers[*i].0).await.map_err(SessionEnd::Lost)?;
+                }
+            }
+            // Every message of the chunk has been judged once: accepted, refused
+            // by the sink, or skipped. None is taken again.
+            cursor
+                .pop3_seen
+                .extend(chunk.iter().map(|(_, uid)| uid.clone()));
+            self.save_cursor(&cursor)?;
+        }
+        // QUIT commits the deletions.
+        pop.quit().await.map_err(SessionEnd::Lost)?;
+        self.pause(self.settings.scan_interval).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_sets_are_compressed() {
+        assert_eq!(uid_set(&[7, 1, 2, 3, 9, 10]), "1:3,7,9:10");
+        assert_eq!(uid_set(&[5]), "5");
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff {
+            attempt: 0,
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(10),
+        };
+        let first = b.next();
+        assert!(
+            first >= Duration::from_millis(800) && first <= Duration::from_millis(1200),
+            "{first:?}"
+        );
+        for _ in 0..10 {
+            b.next();
+        }
+        let capped = b.next();
+        assert!(
+            capped <= Duration::from_secs(12) && capped >= Duration::from_secs(8),
+            "{capped:?}"
+        );
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(1200));
+    }
+}

@@ -1,0 +1,582 @@
+//! The fetch worker against the real Dovecot: tickets with every field, each
+//! afterProcessing mode, IDLE, restarts without duplicates, UIDVALIDITY changes,
+//! a failing sink, and bad messages that never block the rest.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use mailroom::api::{AfterProcessing, IncomingProtocol, SecurityType};
+use mailroom::incoming::IncomingSettings;
+use mailroom::incoming::worker::{Scanning, Worker, WorkerEvent, WorkerHandle, WorkerOptions};
+use mailroom::sinks::{DirectorySink, Sink, WebhookSink};
+use mailroom::state::{CursorStore, FileCursorStore};
+use mailroom::ticket::Ticket;
+use sha2::Sha256;
+use support::*;
+use testbed::{Stack, User};
+use tokio::sync::mpsc;
+
+fn fast() -> WorkerOptions {
+    WorkerOptions {
+        backoff_base: Duration::from_millis(50),
+        backoff_cap: Duration::from_millis(500),
+        ..WorkerOptions::default()
+    }
+}
+
+fn message(i: usize) -> String {
+    format!(
+        "From: Ann <ann@company.com>\r\nTo: support@mailroom.test\r\nSubject: request {i}\r\nMessage-ID: <m{i}-{}@company.com>\r\n\r\nbody {i}\r\n",
+        std::process::id()
+    )
+}
+
+const MULTIPART: &str = "From: \"Ann Example\" <ann@company.com>\r\nTo: support@mailroom.test\r\nCc: carol@company.com\r\nSubject: Re: printer [#1234] broken\r\nMessage-ID: <multi@company.com>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: multipart/alternative; boundary=\"b2\"\r\n\r\n--b2\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThe printer is on fire.\r\n--b2\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>The printer is <b>on fire</b>.</p>\r\n--b2--\r\n--b1\r\nContent-Type: application/pdf; name=\"log.pdf\"\r\nContent-Disposition: attachment; filename=\"log.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nSGVsbG8=\r\n--b1--\r\n";
+
+struct Run {
+    handle: WorkerHandle,
+    events: mpsc::UnboundedReceiver<WorkerEvent>,
+}
+
+fn start(
+    settings: IncomingSettings,
+    sink: Sink,
+    store: Arc<dyn CursorStore>,
+    options: WorkerOptions,
+) -> Run {
+    let (tx, events) = mpsc::unbounded_channel();
+    Run {
+        handle: Worker::spawn(settings, Arc::new(sink), store, tx, options),
+        events,
+    }
+}
+
+impl Run {
+    async fn until(&mut self, what: &str, mut f: impl FnMut(&WorkerEvent) -> bool) -> WorkerEvent {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.events.recv()).await {
+                Ok(Some(e)) if f(&e) => return e,
+                Ok(Some(_)) => {}
+                _ => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+}
+
+fn tickets(dir: &Path) -> Vec<Ticket> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn wait_tickets(dir: &Path, n: usize) -> Vec<Ticket> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = tickets(dir);
+        if t.len() >= n {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} tickets in {}",
+            t.len(),
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn settings(
+    stack: &Stack,
+    user: &User,
+    protocol: IncomingProtocol,
+    security: SecurityType,
+    edit: impl FnOnce(&mut mailroom::api::IncomingEmailServerSpec),
+) -> IncomingSettings {
+    let (mut spec, secrets) = incoming_spec(stack, user, protocol, security);
+    spec.ticket.technician_group = Some("Service Desk".into());
+    spec.ticket.category = Some("Hardware".into());
+    edit(&mut spec);
+    resolve(&spec, &secrets)
+}
+
+fn dir_sink(dir: &Path) -> Sink {
+    Sink::Directory(DirectorySink::open(dir).unwrap())
+}
+
+#[tokio::test]
+async fn every_protocol_turns_each_message_into_a_ticket_with_all_fields() {
+    let stack = Stack::shared();
+    for protocol in [IncomingProtocol::Imap, IncomingProtocol::Pop3] {
+        for security in [SecurityType::Ssl, SecurityType::Tls] {
+            let user = stack.create_user("work-fields").unwrap();
+            let mut messages: Vec<String> = (0..4).map(message).collect();
+            messages.push(MULTIPART.into());
+            stack.deliver(&user.address, &messages).unwrap();
+            let out = tempfile::tempdir().unwrap();
+            let s = settings(stack, &user, protocol, security, |_| {});
+            let store = Arc::new(FileCursorStore::new(out.path().join("state")));
+            let run = start(s, dir_sink(&out.path().join("tickets")), store, fast());
+            let all = wait_tickets(&out.path().join("tickets"), 5).await;
+            run.handle.stop().await;
+            assert_eq!(all.len(), 5, "{protocol:?}/{security:?}");
+            let t = all
+                .iter()
+                .find(|t| t.message_id.as_deref() == Some("multi@company.com"))
+                .unwrap();
+            assert_eq!(t.mailbox, "helpdesk/support");
+            assert_eq!(t.technician_group.as_deref(), Some("Service Desk"));
+            assert_eq!(t.category.as_deref(), Some("Hardware"));
+            assert_eq!(t.from.as_ref().unwrap().address, "ann@company.com");
+            assert_eq!(t.cc[0].address, "carol@company.com");
+            assert_eq!(t.ticket_reference.as_deref(), Some("1234"));
+            assert_eq!(
+                t.text.as_deref().map(str::trim),
+                Some("The printer is on fire.")
+            );
+            assert!(t.html.as_deref().unwrap().contains("<b>on fire</b>"));
+            assert_eq!(t.attachments[0].name.as_deref(), Some("log.pdf"));
+            assert_eq!(
+                t.attachments[0].sha256,
+                "185f8db32271fe25f561a6fc938b2e264306ec304eda518007d1764826381969"
+            );
+        }
+    }
+}
+
+async fn process(
+    stack: &Stack,
+    user: &User,
+    protocol: IncomingProtocol,
+    edit: impl FnOnce(&mut mailroom::api::IncomingEmailServerSpec),
+    n: usize,
+) {
+    let out = tempfile::tempdir().unwrap();
+    let s = settings(stack, user, protocol, SecurityType::Ssl, edit);
+    let store = Arc::new(FileCursorStore::new(out.path().join("state")));
+    let mut run = start(s, dir_sink(&out.path().join("t")), store, fast());
+    wait_tickets(&out.path().join("t"), n).await;
+    run.until("the cursor", |e| {
+        matches!(e, WorkerEvent::CursorAdvanced(_))
+    })
+    .await;
+    run.handle.stop().await;
+}
+
+#[tokio::test]
+async fn each_after_processing_mode_leaves_the_mailbox_as_promised() {
+    let stack = Stack::shared();
+    let msgs: Vec<String> = (0..3).map(message).collect();
+
+    let seen = stack.create_user("after-seen").unwrap();
+    stack.deliver(&seen.address, &msgs).unwrap();
+    process(stack, &seen, IncomingProtocol::Imap, |_| {}, 3).await;
+    let inbox = stack.messages(&seen.address, "INBOX").unwrap();
+    assert_eq!(inbox.len(), 3);
+    assert!(inbox.iter().all(|m| m.has_flag("\\Seen")), "{inbox:?}");
+
+    let moved = stack.create_user("after-move").unwrap();
+    stack.deliver(&moved.address, &msgs).unwrap();
+    process(
+        stack,
+        &moved,
+        IncomingProtocol::Imap,
+        |s| {
+            s.after_processing = Some(AfterProcessing::Move);
+            s.move_to = Some("Processed".into());
+        },
+        3,
+    )
+    .await;
+    assert!(stack.messages(&moved.address, "INBOX").unwrap().is_empty());
+    assert_eq!(
+        stack.messages(&moved.address, "Processed").unwrap().len(),
+        3
+    );
+
+    let deleted = stack.create_user("after-delete").unwrap();
+    stack.deliver(&deleted.address, &msgs).unwrap();
+    process(
+        stack,
+        &deleted,
+        IncomingProtocol::Imap,
+        |s| s.after_processing = Some(AfterProcessing::Delete),
+        3,
+    )
+    .await;
+    assert!(
+        stack
+            .messages(&deleted.address, "INBOX")
+            .unwrap()
+            .is_empty()
+    );
+
+    let pop_delete = stack.create_user("after-pop-delete").unwrap();
+    stack.deliver(&pop_delete.address, &msgs).unwrap();
+    process(
+        stack,
+        &pop_delete,
+        IncomingProtocol::Pop3,
+        |s| s.after_processing = Some(AfterProcessing::Delete),
+        3,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stack
+        .messages(&pop_delete.address, "INBOX")
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "POP3 Delete left mail behind");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let pop_keep = stack.create_user("after-pop-keep").unwrap();
+    stack.deliver(&pop_keep.address, &msgs).unwrap();
+    process(stack, &pop_keep, IncomingProtocol::Pop3, |_| {}, 3).await;
+    assert_eq!(stack.messages(&pop_keep.address, "INBOX").unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn idle_turns_a_delivery_into_a_ticket_without_waiting_for_a_poll() {
+    let stack = Stack::shared();
+    let user = stack.create_user("idle").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let s = settings(
+        stack,
+        &user,
+        IncomingProtocol::Imap,
+        SecurityType::Ssl,
+        |s| {
+            s.scan_interval = Duration::from_secs(600).into();
+        },
+    );
+    let store = Arc::new(FileCursorStore::new(out.path().join("state")));
+    let mut run = start(s, dir_sink(&out.path().join("t")), store, fast());
+    run.until("IDLE", |e| {
+        matches!(e, WorkerEvent::Scanning(Scanning::Idle))
+    })
+    .await;
+    // Give the worker a moment to enter IDLE after it announced it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent = Instant::now();
+    stack.deliver(&user.address, &[message(1)]).unwrap();
+    wait_tickets(&out.path().join("t"), 1).await;
+    let took = sent.elapsed();
+    eprintln!("delivery to ticket with IDLE: {} ms", took.as_millis());
+    assert!(
+        took < Duration::from_secs(5),
+        "{took:?}: that was a poll, not IDLE"
+    );
+    run.handle.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_fetches_only_new_mail_and_duplicates_nothing() {
+    let stack = Stack::shared();
+    for protocol in [IncomingProtocol::Imap, IncomingProtocol::Pop3] {
+        let user = stack.create_user("restart").unwrap();
+        stack
+            .deliver(&user.address, &(0..3).map(message).collect::<Vec<_>>())
+            .unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let store: Arc<dyn CursorStore> = Arc::new(FileCursorStore::new(out.path().join("state")));
+        let s = settings(stack, &user, protocol, SecurityType::Ssl, |_| {});
+        let mut run = start(
+            s.clone(),
+            dir_sink(&out.path().join("t")),
+            store.clone(),
+            fast(),
+        );
+        wait_tickets(&out.path().join("t"), 3).await;
+        run.until("the cursor", |e| {
+            matches!(e, WorkerEvent::CursorAdvanced(_))
+        })
+        .await;
+        run.handle.stop().await;
+
+        stack
+            .deliver(&user.address, &(3..5).map(message).collect::<Vec<_>>())
+            .unwrap();
+        let run = start(s, dir_sink(&out.path().join("t")), store, fast());
+        wait_tickets(&out.path().join("t"), 5).await;
+        let stats = run.handle.stats.clone();
+        run.handle.stop().await;
+        assert_eq!(tickets(&out.path().join("t")).len(), 5, "{protocol:?}");
+        assert_eq!(
+            stats.fetched.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "{protocol:?}: the second run fetched old mail again"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_uidvalidity_change_neither_loses_nor_floods() {
+    let stack = Stack::shared();
+    let user = stack.create_user("uidvalidity").unwrap();
+    stack
+        .deliver(&user.address, &(0..3).map(message).collect::<Vec<_>>())
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let store: Arc<dyn CursorStore> = Arc::new(FileCursorStore::new(out.path().join("state")));
+    let s = settings(
+        stack,
+        &user,
+        IncomingProtocol::Imap,
+        SecurityType::Ssl,
+        |_| {},
+    );
+    process_with(&s, &store, out.path(), 3).await;
+
+    // The server renumbers the mailbox: the stored UIDVALIDITY no longer matches.
+    let mut cursor = store.load("helpdesk/support").unwrap().unwrap();
+    cursor.imap.as_mut().unwrap().uid_validity ^= 0x5a5a;
+    store.save("helpdesk/support", &cursor).unwrap();
+    stack.deliver(&user.address, &[message(9)]).unwrap();
+
+    let run = start(s, dir_sink(&out.path().join("t")), store.clone(), fast());
+    wait_tickets(&out.path().join("t"), 4).await;
+    let stats = run.handle.stats.clone();
+    run.handle.stop().await;
+    // Only the unseen message was taken, not the three already processed.
+    assert_eq!(stats.fetched.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(tickets(&out.path().join("t")).len(), 4);
+}
+
+async fn process_with(s: &IncomingSettings, store: &Arc<dyn CursorStore>, out: &Path, n: usize) {
+    let mut run = start(s.clone(), dir_sink(&out.join("t")), store.clone(), fast());
+    wait_tickets(&out.join("t"), n).await;
+    run.until("the cursor", |e| {
+        matches!(e, WorkerEvent::CursorAdvanced(_))
+    })
+    .await;
+    run.handle.stop().await;
+}
+
+#[tokio::test]
+async fn a_sink_failing_then_recovering_gives_exactly_one_ticket_per_message() {
+    let stack = Stack::shared();
+    let user = stack.create_user("webhook").unwrap();
+    stack
+        .deliver(&user.address, &(0..3).map(message).collect::<Vec<_>>())
+        .unwrap();
+    // The first five requests fail: more than one delivery's retries.
+    let receiver = WebhookReceiver::start(|n| if n < 5 { 500 } else { 200 }).await;
+    let webhook = WebhookSink::new(
+        &receiver.url,
+        Some(b"hmac-key".to_vec()),
+        Duration::from_secs(5),
+        &Default::default(),
+    )
+    .unwrap()
+    .with_retries(2, Duration::from_millis(10));
+    let out = tempfile::tempdir().unwrap();
+    let store = Arc::new(FileCursorStore::new(out.path().join("state")));
+    let s = settings(
+        stack,
+        &user,
+        IncomingProtocol::Imap,
+        SecurityType::Ssl,
+        |_| {},
+    );
+    let mut run = start(s, Sink::Webhook(webhook), store, fast());
+    run.until("the sink to fail", |e| {
+        matches!(e, WorkerEvent::SinkUnavailable { .. })
+    })
+    .await;
+    // Nothing was marked processed while the sink was down.
+    assert!(
+        stack
+            .messages(&user.address, "INBOX")
+            .unwrap()
+            .iter()
+            .all(|m| !m.has_flag("\\Seen"))
+    );
+    let mut created = 0;
+    run.until("three tickets", |e| {
+        created += usize::from(matches!(e, WorkerEvent::TicketCreated { .. }));
+        created == 3
+    })
+    .await;
+    run.handle.stop().await;
+
+    let requests = receiver.requests();
+    let mut accepted: Vec<String> = requests
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.header("Idempotency-Key").unwrap().to_owned())
+        .collect();
+    accepted.sort();
+    let before = accepted.len();
+    accepted.dedup();
+    assert_eq!(
+        (before, accepted.len()),
+        (3, 3),
+        "one accepted request per message: {requests:?}"
+    );
+    for r in &requests {
+        let ticket: Ticket = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            r.header("Idempotency-Key"),
+            Some(ticket.idempotency_key.as_str())
+        );
+        assert_eq!(r.header("ce-type"), Some("dev.mailroom.ticket.created"));
+        assert_eq!(r.header("ce-specversion"), Some("1.0"));
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"hmac-key").unwrap();
+        mac.update(&r.body);
+        let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(r.header("X-Mailroom-Signature"), Some(expected.as_str()));
+    }
+    assert!(
+        stack
+            .messages(&user.address, "INBOX")
+            .unwrap()
+            .iter()
+            .all(|m| m.has_flag("\\Seen"))
+    );
+}
+
+#[tokio::test]
+async fn a_ticket_refused_with_4xx_is_recorded_and_its_mail_left_in_place() {
+    let stack = Stack::shared();
+    let user = stack.create_user("webhook-422").unwrap();
+    stack.deliver(&user.address, &[message(1)]).unwrap();
+    let receiver = WebhookReceiver::start(|_| 422).await;
+    let webhook = WebhookSink::new(
+        &receiver.url,
+        None,
+        Duration::from_secs(5),
+        &Default::default(),
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let store = Arc::new(FileCursorStore::new(out.path().join("state")));
+    let s = settings(
+        stack,
+        &user,
+        IncomingProtocol::Imap,
+        SecurityType::Ssl,
+        |_| {},
+    );
+    let mut run = start(s, Sink::Webhook(webhook), store, fast());
+    let e = run
+        .until("the refusal", |e| {
+            matches!(e, WorkerEvent::TicketRejected { .. })
+        })
+        .await;
+    run.until("the cursor", |e| {
+        matches!(e, WorkerEvent::CursorAdvanced(_))
+    })
+    .await;
+    run.handle.stop().await;
+    let WorkerEvent::TicketRejected { reason, .. } = e else {
+        unreachable!()
+    };
+    assert!(reason.contains("422"), "{reason}");
+    assert_eq!(receiver.requests().len(), 1, "a 4xx is not retried");
+    let inbox = stack.messages(&user.address, "INBOX").unwrap();
+    assert_eq!(inbox.len(), 1);
+    assert!(
+        !inbox[0].has_flag("\\Seen"),
+        "refused mail must stay unprocessed"
+    );
+}
+
+#[tokio::test]
+async fn oversized_and_unparseable_mail_is_quarantined_while_the_rest_flows() {
+    let stack = Stack::shared();
+    let user = stack.create_user("quarantine").unwrap();
+    let big = format!("{}{}\r\n", message(100), "x".repeat(8 * 1024));
+    stack
+        .deliver(&user.address, &[message(1), big.clone(), message(2)])
+        .unwrap();
+    stack
+        .save(
+            &user.address,
+            "INBOX",
+            b"no header section at all\r\n\r\njust text\r\n",
+        )
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let store = Arc::new(FileCursorStore::new(out.path().join("state")));
+    let s = settings(
+        stack,
+        &user,
+        IncomingProtocol::Imap,
+        SecurityType::Ssl,
+        |s| s.max_message_size = "4Ki".into(),
+    );
+    let mut run = start(s, dir_sink(&out.path().join("t")), store, fast());
+    let mut quarantined = Vec::new();
+    run.until("two quarantined", |e| {
+        if let WorkerEvent::Quarantined { reason, .. } = e {
+            quarantined.push(reason.clone());
+        }
+        quarantined.len() == 2
+    })
+    .await;
+    wait_tickets(&out.path().join("t"), 2).await;
+    run.handle.stop().await;
+    assert!(
+        quarantined.iter().any(|r| r.contains("maxMessageSize")),
+        "{quarantined:?}"
+    );
+    assert!(
+        quarantined
+            .iter()
+            .any(|r| r.contains("could not be parsed")),
+        "{quarantined:?}"
+    );
+    assert_eq!(
+        stack.messages(&user.address, "Quarantine").unwrap().len(),
+        2
+    );
+    let inbox = stack.messages(&user.address, "INBOX").unwrap();
+    assert_eq!(inbox.len(), 2);
+    assert!(inbox.iter().all(|m| m.has_flag("\\Seen")));
+
+    // POP3 has no folders: the oversized message is skipped, kept, and not retried.
+    let pop_user = stack.create_user("quarantine-pop").unwrap();
+    stack
+        .deliver(&pop_user.address, &[message(1), big])
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let store = Arc::new(FileCursorStore::new(out.path().join("state")));
+    let s = settings(
+        stack,
+        &pop_user,
+        IncomingProtocol::Pop3,
+        SecurityType::Ssl,
+        |s| {
+            s.max_message_size = "4Ki".into();
+            s.after_processing = Some(AfterProcessing::Delete);
+        },
+    );
+    let mut run = start(s, dir_sink(&out.path().join("t")), store, fast());
+    run.until("the skip", |e| matches!(e, WorkerEvent::Quarantined { .. }))
+        .await;
+    run.until("the cursor", |e| {
+        matches!(e, WorkerEvent::CursorAdvanced(_))
+    })
+    .await;
+    run.handle.stop().await;
+    assert_eq!(tickets(&out.path().join("t")).len(), 1);
+    assert_eq!(
+        stack.messages(&pop_user.address, "INBOX").unwrap().len(),
+        1,
+        "the oversized message stays"
+    );
+}
