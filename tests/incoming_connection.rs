@@ -202,3 +202,24 @@ async fn closed_port_is_connection_refused_and_missing_secret_is_named() {
         failure.message
     );
 }
+
+#[tokio::test]
+async fn the_sni_override_is_the_name_checked_against_the_certificate() {
+    let stack = Stack::shared();
+    let user = stack.create_user("conn-sni").unwrap();
+    let (mut spec, secrets) =
+        incoming_spec(stack, &user, IncomingProtocol::Imap, SecurityType::Ssl);
+    spec.tls.as_mut().unwrap().server_name = Some("localhost".into());
+    assert_eq!(
+        test_connection(&resolve(&spec, &secrets)).await.reason,
+        Reason::Connected
+    );
+    spec.tls.as_mut().unwrap().server_name = Some("imap.elsewhere.example".into());
+    let report = test_connection(&resolve(&spec, &secrets)).await;
+    assert_eq!(report.reason, Reason::TlsHandshakeFailed, "{report:?}");
+    assert!(
+        report.message.contains("imap.elsewhere.example"),
+        "{}",
+        report.message
+    );
+}

@@ -580,3 +580,62 @@ async fn oversized_and_unparseable_mail_is_quarantined_while_the_rest_flows() {
         "the oversized message stays"
     );
 }
+
+#[tokio::test]
+async fn polling_picks_up_new_mail_when_real_time_is_off() {
+    let stack = Stack::shared();
+    let user = stack.create_user("polling").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut s = settings(
+        stack,
+        &user,
+        IncomingProtocol::Imap,
+        SecurityType::Ssl,
+        |s| s.real_time_scanning = false,
+    );
+    // The CRD's floor is 10s; the core takes any interval, which keeps this test short.
+    s.scan_interval = Duration::from_millis(300);
+    let store = Arc::new(FileCursorStore::new(out.path().join("state")));
+    let mut run = start(s, dir_sink(&out.path().join("t")), store, fast());
+    let e = run
+        .until("polling", |e| matches!(e, WorkerEvent::Scanning(_)))
+        .await;
+    assert!(
+        matches!(&e, WorkerEvent::Scanning(Scanning::Polling { reason, .. }) if reason.contains("realTimeScanning is off")),
+        "{e:?}"
+    );
+    stack.deliver(&user.address, &[message(1)]).unwrap();
+    wait_tickets(&out.path().join("t"), 1).await;
+    run.handle.stop().await;
+}
+
+#[tokio::test]
+async fn idle_is_reissued_and_keeps_delivering() {
+    let stack = Stack::shared();
+    let user = stack.create_user("idle-refresh").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let s = settings(
+        stack,
+        &user,
+        IncomingProtocol::Imap,
+        SecurityType::Ssl,
+        |s| {
+            s.scan_interval = Duration::from_secs(600).into();
+        },
+    );
+    let store = Arc::new(FileCursorStore::new(out.path().join("state")));
+    let options = WorkerOptions {
+        idle_refresh: Duration::from_millis(150),
+        ..fast()
+    };
+    let mut run = start(s, dir_sink(&out.path().join("t")), store, options);
+    run.until("IDLE", |e| {
+        matches!(e, WorkerEvent::Scanning(Scanning::Idle))
+    })
+    .await;
+    // Several refresh periods pass without mail; the session must survive them.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stack.deliver(&user.address, &[message(1)]).unwrap();
+    wait_tickets(&out.path().join("t"), 1).await;
+    run.handle.stop().await;
+}

@@ -68,7 +68,7 @@ impl DirectorySink {
             let tmp = self
                 .dir
                 .join(format!(".{}.json.tmp", ticket.idempotency_key));
-            let body = serde_json::to_vec_pretty(ticket)
+            let body = serde_json::to_vec(ticket)
                 .map_err(|e| SinkError::Unavailable(format!("cannot serialise a ticket: {e}")))?;
             let mut file =
                 fs::File::create(&tmp).map_err(|e| unavailable("cannot create", &tmp, e))?;
