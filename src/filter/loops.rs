@@ -1,0 +1,114 @@
+//! Loop protection: automatic mail never becomes a ticket, and a per-sender rate
+//! limit stops a loop that slips through the header checks.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::{MessageFacts, Verdict, normalize};
+
+/// At most `max` tickets per sender within `window`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub max: u32,
+    pub window: Duration,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            max: 20,
+            window: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct LoopProtection {
+    own: HashSet<String>,
+    limit: RateLimit,
+    seen: HashMap<String, VecDeque<Instant>>,
+}
+
+impl LoopProtection {
+    /// `own` are the From addresses of our outgoing servers.
+    pub fn new(own: &[String], limit: RateLimit) -> Self {
+        Self {
+            own: own.iter().map(|a| normalize::address(a)).collect(),
+            limit,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// The header and sender checks; `None` when the message is not automatic.
+    pub fn check(&self, facts: &MessageFacts) -> Option<Verdict> {
+        if let Some(value) = &facts.auto_submitted
+            && !value.eq_ignore_ascii_case("no")
+        {
+            return Some(Verdict::reject(
+                "loop:autoSubmitted",
+                format!("Auto-Submitted: {value} marks an automatic message"),
+            ));
+        }
+        if facts.x_autoreply {
+            return Some(Verdict::reject(
+                "loop:autoReply",
+                "X-Autoreply/X-Autorespond marks an automatic reply",
+            ));
+        }
+        if let Some(p) = &facts.precedence
+            && matches!(p.as_str(), "bulk" | "junk" | "list")
+        {
+            return Some(Verdict::reject(
+                "loop:precedence",
+                format!("Precedence: {p} marks bulk or list mail"),
+            ));
+        }
+        if facts.delivery_report {
+            return Some(Verdict::reject(
+                "loop:deliveryReport",
+                "a delivery status notification or bounce (multipart/report)",
+            ));
+        }
+        if let Some(key) = &facts.sender_key {
+            let local = key.split('@').next().unwrap_or_default();
+            if local == "mailer-daemon" || local == "postmaster" {
+                return Some(Verdict::reject(
+                    "loop:systemSender",
+                    format!("mail from {local} is a bounce or a system notice"),
+                ));
+            }
+            if self.own.contains(key) {
+                return Some(Verdict::reject(
+                    "loop:ownAddress",
+                    format!("mail from our own outgoing address {key}"),
+                ));
+            }
+        }
+        None
+    }
+
+    /// Counts a would-be ticket; refuses it when the sender is over the limit.
+    pub fn rate_limit(&mut self, facts: &MessageFacts, now: Instant) -> Option<Verdict> {
+        let key = facts.sender_key.as_ref()?;
+        let window = self.limit.window;
+        let times = self.seen.entry(key.clone()).or_default();
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            times.pop_front();
+        }
+        if times.len() >= self.limit.max as usize {
+            return Some(Verdict::reject(
+                "loop:rateLimit",
+                format!(
+                    "{key} already opened {} tickets within {:?}: a mail loop is likely",
+                    times.len(),
+                    window
+                ),
+            ));
+        }
+        times.push_back(now);
+        None
+    }
+}
