@@ -140,6 +140,38 @@ pub struct TicketSpec {
     pub sink: Option<SinkSpec>,
 }
 
+fn default_max_tickets_per_sender() -> i32 {
+    20
+}
+fn default_loop_window() -> Duration {
+    std::time::Duration::from_secs(3600).into()
+}
+
+/// Loop protection beyond the header checks (auto-replies, bounces and mail from
+/// our own addresses never become tickets).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoopProtectionSpec {
+    /// Most tickets one sender may open within `window`; more is taken for a mail
+    /// loop and rejected (recorded with rule `loop:rateLimit`).
+    #[serde(default = "default_max_tickets_per_sender")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_tickets_per_sender: i32,
+    /// The window of the per-sender limit (Go duration, e.g. `1h`).
+    #[serde(default = "default_loop_window")]
+    #[schemars(with = "String", pattern(DURATION_PATTERN))]
+    pub window: Duration,
+}
+
+impl Default for LoopProtectionSpec {
+    fn default() -> Self {
+        Self {
+            max_tickets_per_sender: default_max_tickets_per_sender(),
+            window: default_loop_window(),
+        }
+    }
+}
+
 /// Go duration: `30s`, `2m`, `1h30m`.
 pub(crate) const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 
@@ -274,6 +306,9 @@ pub struct IncomingEmailServerSpec {
     /// Ticket fields copied from this server, and where tickets go.
     #[serde(default)]
     pub ticket: TicketSpec,
+    /// Per-sender rate limit that stops a mail loop the header checks miss.
+    #[serde(default)]
+    pub loop_protection: LoopProtectionSpec,
 }
 
 fn default_incoming_security() -> SecurityType {

@@ -6,10 +6,13 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use crate::api::{AfterProcessing, IncomingEmailServerSpec, IncomingProtocol, Mode};
+use crate::api::{
+    AfterProcessing, IncomingEmailServerSpec, IncomingFilter, IncomingProtocol, Mode,
+};
 use crate::config::server::{credentials, tls_options};
 use crate::config::{MailProtocol, SecretSource, ServerSettings, parse_size, resolve_endpoint};
 use crate::connection::{Failure, Reason, Timeouts};
+use crate::filter::RateLimit;
 
 /// Default pattern of a ticket reference in a subject: `[#1234]`.
 pub const DEFAULT_REFERENCE_PATTERN: &str = r"\[#(\d+)\]";
@@ -39,6 +42,11 @@ pub struct IncomingSettings {
     pub scan_interval: Duration,
     pub mode: Mode,
     pub ticket: TicketSettings,
+    pub filter: Option<IncomingFilter>,
+    pub rate_limit: RateLimit,
+    /// From addresses of our own outgoing servers: mail from them is a loop.
+    /// The adapters fill it from the namespace's OutgoingEmailServers.
+    pub own_addresses: Vec<String>,
 }
 
 fn config_error(message: String) -> Failure {
@@ -114,6 +122,14 @@ impl IncomingSettings {
                 category: spec.ticket.category.clone(),
                 reference,
             },
+            filter: spec.filter.clone(),
+            rate_limit: RateLimit {
+                max: u32::try_from(spec.loop_protection.max_tickets_per_sender)
+                    .unwrap_or(1)
+                    .max(1),
+                window: spec.loop_protection.window.into(),
+            },
+            own_addresses: Vec::new(),
         })
     }
 }

@@ -17,8 +17,11 @@ use tokio::task::JoinHandle;
 use super::imap::{self, ImapSession};
 use super::pop3::Pop3;
 use super::settings::IncomingSettings;
-use crate::api::{AfterProcessing, ConnectionStage, IncomingProtocol};
+use crate::api::{AfterProcessing, ConnectionStage, IncomingProtocol, Mode};
 use crate::connection::{ConnectionReport, Failure, Probe, Reason, within};
+use crate::filter::{
+    Filter, Judge, LoopProtection, MessageFacts, RejectionLog, RejectionRecord, Verdict,
+};
 use crate::sinks::{Delivery, Sink};
 use crate::state::{Cursor, CursorStore, ImapCursor};
 use crate::ticket::{self, Ticket};
@@ -41,6 +44,14 @@ pub enum WorkerEvent {
     Scanning(Scanning),
     Fetched {
         count: usize,
+    },
+    /// Every message is judged once: what became (or, in DryRun, would become)
+    /// of it and which rule decided.
+    Judged {
+        message_id: Option<String>,
+        sender: Option<String>,
+        verdict: Verdict,
+        dry_run: bool,
     },
     TicketCreated {
         key: String,
@@ -72,6 +83,8 @@ pub struct WorkerStats {
     pub rejected: AtomicU64,
     pub failed: AtomicU64,
     pub last_fetch_at: Mutex<Option<jiff::Timestamp>>,
+    /// Rejections (filter, loop protection, sender), with counts per rule.
+    pub rejections: Mutex<RejectionLog>,
 }
 
 /// Tuning that tests and benchmarks change; the defaults suit production.
@@ -112,6 +125,13 @@ impl WorkerHandle {
     }
 }
 
+/// What became of one fetched message.
+enum Outcome {
+    Ticket(Box<Ticket>),
+    Rejected,
+    Unparseable(String),
+}
+
 /// Why a session ended early.
 enum SessionEnd {
     Connect(Box<ConnectionReport>),
@@ -147,6 +167,10 @@ pub struct Worker {
     shutdown: watch::Receiver<bool>,
     options: WorkerOptions,
     backoff: Backoff,
+    judge: Judge,
+    /// DryRun keeps its cursor here, never on disk: switching to Active later
+    /// starts where the last Active run stopped.
+    dry_cursor: Option<Cursor>,
 }
 
 fn lost(what: &str, e: impl std::fmt::Display) -> SessionEnd {
@@ -188,7 +212,13 @@ impl Worker {
     ) -> WorkerHandle {
         let (tx, rx) = watch::channel(false);
         let stats = Arc::new(WorkerStats::default());
+        let judge = Judge {
+            filter: Filter::incoming(settings.filter.as_ref()),
+            loops: LoopProtection::new(&settings.own_addresses, settings.rate_limit),
+        };
         let worker = Worker {
+            judge,
+            dry_cursor: None,
             key: settings.ticket.mailbox.clone(),
             backoff: Backoff {
                 attempt: 0,
@@ -270,14 +300,25 @@ impl Worker {
         self.emit(WorkerEvent::Stopped);
     }
 
+    fn dry_run(&self) -> bool {
+        self.settings.mode == Mode::DryRun
+    }
+
     fn load_cursor(&self) -> Result<Cursor, SessionEnd> {
+        if self.dry_run() {
+            return Ok(self.dry_cursor.clone().unwrap_or_default());
+        }
         self.store
             .load(&self.key)
             .map(Option::unwrap_or_default)
             .map_err(|e| SessionEnd::Lost(Failure::new(Reason::ProtocolError, e.to_string())))
     }
 
-    fn save_cursor(&self, cursor: &Cursor) -> Result<(), SessionEnd> {
+    fn save_cursor(&mut self, cursor: &Cursor) -> Result<(), SessionEnd> {
+        if self.dry_run() {
+            self.dry_cursor = Some(cursor.clone());
+            return Ok(());
+        }
         self.store
             .save(&self.key, cursor)
             .map_err(|e| SessionEnd::Lost(Failure::new(Reason::ProtocolError, e.to_string())))?;
@@ -328,6 +369,51 @@ impl Worker {
         Ok(accepted)
     }
 
+    /// Parses and judges one message; a ticket only for what is accepted.
+    fn judge_message(&mut self, raw: &[u8], at: jiff::Timestamp) -> Outcome {
+        let message = match ticket::parse(raw) {
+            Ok(m) => m,
+            Err(e) => return Outcome::Unparseable(e.to_string()),
+        };
+        let facts = MessageFacts::from_message(&message);
+        let verdict = self.judge.judge(&facts, std::time::Instant::now());
+        let dry_run = self.dry_run();
+        if !verdict.accepted {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut log) = self.stats.rejections.lock() {
+                log.record(RejectionRecord {
+                    at,
+                    sender: facts.sender_for_record(),
+                    recipient: None,
+                    message_id: facts.message_id.clone(),
+                    rule: verdict.rule.clone(),
+                    reason: if dry_run {
+                        format!("(dry run) {}", verdict.reason)
+                    } else {
+                        verdict.reason.clone()
+                    },
+                });
+            }
+        }
+        let accepted = verdict.accepted;
+        self.emit(WorkerEvent::Judged {
+            message_id: facts.message_id.clone(),
+            sender: facts.sender_for_record(),
+            verdict,
+            dry_run,
+        });
+        if accepted {
+            Outcome::Ticket(Box::new(ticket::from_message(
+                raw,
+                &message,
+                &self.settings.ticket,
+                at,
+            )))
+        } else {
+            Outcome::Rejected
+        }
+    }
+
     fn quarantined(&self, message_id: Option<String>, reason: String) {
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
         self.emit(WorkerEvent::Quarantined { message_id, reason });
@@ -341,14 +427,18 @@ impl Worker {
             Err(f) => return Err(SessionEnd::Connect(Box::new(probe.finish(Err(f))))),
         };
         let mailbox = self.settings.mailbox.clone();
+        let dry_run = self.dry_run();
         let selected = probe
             .stage(
                 ConnectionStage::Mailbox,
                 within(io, "selecting the mailbox", async {
-                    session
-                        .select(&mailbox)
-                        .await
-                        .map_err(|e| imap::mailbox_failure(&mailbox, e))
+                    // DryRun opens the mailbox read-only: nothing can change.
+                    if dry_run {
+                        session.examine(&mailbox).await
+                    } else {
+                        session.select(&mailbox).await
+                    }
+                    .map_err(|e| imap::mailbox_failure(&mailbox, e))
                 }),
             )
             .await;
@@ -649,6 +739,7 @@ impl Worker {
             .collect();
         let mut tickets = Vec::new();
         let mut ticket_uids = Vec::new();
+        let mut rejected_uids = Vec::new();
         if !fits.is_empty() {
             let fit_set = uid_set(&fits.iter().map(|(uid, _)| *uid).collect::<Vec<_>>());
             let bodies = within(io, "fetching messages", async {
@@ -666,21 +757,37 @@ impl Worker {
             let now = jiff::Timestamp::now();
             for fetch in &bodies {
                 let Some(uid) = fetch.uid else { continue };
-                let raw = fetch.body().unwrap_or_default();
-                match ticket::map(raw, &self.settings.ticket, now) {
-                    Ok(t) => {
-                        tickets.push(t);
+                match self.judge_message(fetch.body().unwrap_or_default(), now) {
+                    Outcome::Ticket(t) => {
+                        tickets.push(*t);
                         ticket_uids.push(uid);
                     }
-                    Err(e) => quarantine.push((uid, None, e.to_string())),
+                    Outcome::Rejected => rejected_uids.push(uid),
+                    Outcome::Unparseable(reason) => quarantine.push((uid, None, reason)),
                 }
             }
         } else {
             self.mark_fetched(too_big.len());
         }
 
+        if self.dry_run() {
+            let folder = &self.settings.quarantine_folder;
+            for (uid, message_id, reason) in quarantine {
+                self.quarantined(
+                    message_id,
+                    format!("(dry run) UID {uid} would be moved to {folder:?}: {reason}"),
+                );
+            }
+            return Ok(());
+        }
         let accepted = self.deliver(&tickets).await?;
-        let done: Vec<u32> = accepted.iter().map(|i| ticket_uids[*i]).collect();
+        // Rejected mail gets the same afterProcessing as accepted mail: it is
+        // judged once, and a rejection alone never deletes anything.
+        let done: Vec<u32> = accepted
+            .iter()
+            .map(|i| ticket_uids[*i])
+            .chain(rejected_uids)
+            .collect();
         if !done.is_empty() {
             match self.settings.after_processing {
                 AfterProcessing::MarkSeen => {
@@ -765,6 +872,7 @@ impl Worker {
             }
             let mut tickets = Vec::new();
             let mut numbers = Vec::new();
+            let mut rejected = Vec::new();
             let now = jiff::Timestamp::now();
             for (n, uid) in chunk {
                 let size = sizes.get(n).copied().unwrap_or(0);
@@ -773,22 +881,26 @@ impl Worker {
                     continue;
                 }
                 let raw = pop.retr(*n, size).await.map_err(SessionEnd::Lost)?;
-                match ticket::map(&raw, &self.settings.ticket, now) {
-                    Ok(t) => {
-                        tickets.push(t);
+                match self.judge_message(&raw, now) {
+                    Outcome::Ticket(t) => {
+                        tickets.push(*t);
                         numbers.push((*n, uid.clone()));
                     }
-                    Err(e) => self.quarantined(
+                    Outcome::Rejected => rejected.push(*n),
+                    Outcome::Unparseable(e) => self.quarantined(
                         None,
                         format!("POP3 message {uid}: {e}: skipped, left on the server"),
                     ),
                 }
             }
             self.mark_fetched(chunk.len());
-            let accepted = self.deliver(&tickets).await?;
-            if self.settings.after_processing == AfterProcessing::Delete {
-                for i in &accepted {
-                    pop.dele(numbers[*i].0).await.map_err(SessionEnd::Lost)?;
+            if !self.dry_run() {
+                let accepted = self.deliver(&tickets).await?;
+                if self.settings.after_processing == AfterProcessing::Delete {
+                    let done = accepted.iter().map(|i| numbers[*i].0).chain(rejected);
+                    for n in done {
+                        pop.dele(n).await.map_err(SessionEnd::Lost)?;
+                    }
                 }
             }
             // Every message of the chunk has been judged once: accepted, refused

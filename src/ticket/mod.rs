@@ -2,7 +2,7 @@
 //! bytes in, ticket out.
 
 use base64::Engine;
-use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
+use mail_parser::{Address, HeaderValue, Message, MessageParser, MimeHeaders};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -107,18 +107,33 @@ pub fn idempotency_key(mailbox: &str, message_id: Option<&str>, raw: &[u8]) -> S
     hex::encode(hash.finalize())
 }
 
-/// Maps a raw message to a ticket.
-pub fn map(
-    raw: &[u8],
-    settings: &TicketSettings,
-    received_at: jiff::Timestamp,
-) -> Result<Ticket, TicketError> {
+/// Parses a message; one without any header section is refused.
+pub fn parse(raw: &[u8]) -> Result<Message<'_>, TicketError> {
     let message = MessageParser::default()
         .parse(raw)
         .ok_or(TicketError::Unparseable)?;
     if message.headers().is_empty() {
         return Err(TicketError::Unparseable);
     }
+    Ok(message)
+}
+
+/// Maps a raw message to a ticket.
+pub fn map(
+    raw: &[u8],
+    settings: &TicketSettings,
+    received_at: jiff::Timestamp,
+) -> Result<Ticket, TicketError> {
+    Ok(from_message(raw, &parse(raw)?, settings, received_at))
+}
+
+/// Maps a parsed message (and its raw bytes, for the idempotency key) to a ticket.
+pub fn from_message(
+    raw: &[u8],
+    message: &Message<'_>,
+    settings: &TicketSettings,
+    received_at: jiff::Timestamp,
+) -> Ticket {
     let message_id = message.message_id().map(str::to_owned);
     let subject = message.subject().map(str::to_owned);
     let ticket_reference = subject.as_deref().and_then(|s| {
@@ -148,7 +163,7 @@ pub fn map(
             }
         })
         .collect();
-    Ok(Ticket {
+    Ticket {
         idempotency_key: idempotency_key(&settings.mailbox, message_id.as_deref(), raw),
         mailbox: settings.mailbox.clone(),
         technician_group: settings.technician_group.clone(),
@@ -166,7 +181,7 @@ pub fn map(
         ticket_reference,
         date: message.date().map(|d| d.to_rfc3339()),
         received_at: received_at.to_string(),
-    })
+    }
 }
 
 #[cfg(test)]
