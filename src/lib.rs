@@ -8,4 +8,5 @@ pub mod filter;
 pub mod incoming;
 pub mod sinks;
 pub mod state;
+pub mod status;
 pub mod ticket;

@@ -1,0 +1,90 @@
+//! Status computation shared by the controller and standalone mode: core
+//! records in, the resource's status pieces out.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::Rejection;
+use crate::filter::RejectionLog;
+
+/// Condition type for rejected mail or recipients.
+pub const FILTER_REJECTING: &str = "FilterRejecting";
+
+/// `recentRejections`: the last ones, newest first, never more than ten.
+pub fn recent_rejections(log: &RejectionLog) -> Vec<Rejection> {
+    log.recent()
+        .map(|r| Rejection {
+            at: Time(r.at),
+            sender: r.sender.clone(),
+            recipient: r.recipient.clone(),
+            message_id: r.message_id.clone(),
+            rule: r.rule.clone(),
+            reason: r.reason.clone(),
+        })
+        .collect()
+}
+
+/// `FilterRejecting`: True while something was rejected since `window_start`,
+/// with the counts per rule and the last rejection as message.
+pub fn filter_rejecting(
+    log: &RejectionLog,
+    window_start: jiff::Timestamp,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) -> Condition {
+    let rejecting = log.rejecting_since(window_start);
+    Condition {
+        type_: FILTER_REJECTING.into(),
+        status: if rejecting { "True" } else { "False" }.into(),
+        reason: if rejecting {
+            "MailRejected"
+        } else {
+            "NoRecentRejections"
+        }
+        .into(),
+        message: if log.total() == 0 {
+            "nothing rejected".into()
+        } else {
+            log.condition_message()
+        },
+        last_transition_time: Time(now),
+        observed_generation: generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::RejectionRecord;
+
+    #[test]
+    fn rejections_become_status_pieces() {
+        let mut log = RejectionLog::default();
+        let at = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        log.record(RejectionRecord {
+            at,
+            sender: Some("spam@yahoo.com".into()),
+            recipient: None,
+            message_id: Some("m1".into()),
+            rule: "domains[0]".into(),
+            reason: "matches domains[0] (yahoo.com) of the Ignore filter".into(),
+        });
+        let recent = recent_rejections(&log);
+        assert_eq!(recent.len(), 1);
+        assert_eq!(recent[0].rule, "domains[0]");
+        assert_eq!(recent[0].at, Time(at));
+
+        let c = filter_rejecting(&log, at, Some(3), at);
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+            ("FilterRejecting", "True", "MailRejected")
+        );
+        assert!(c.message.contains("domains[0]: 1"), "{}", c.message);
+        assert_eq!(c.observed_generation, Some(3));
+
+        let later = jiff::Timestamp::from_second(1_800_003_600).unwrap();
+        let c = filter_rejecting(&log, later, Some(3), later);
+        assert_eq!(c.status, "False");
+        let empty = filter_rejecting(&RejectionLog::default(), later, None, later);
+        assert_eq!(empty.message, "nothing rejected");
+    }
+}
