@@ -58,7 +58,10 @@ fn messages() -> Vec<MessageFacts> {
                 WORDS[i as usize % 21],
                 i
             );
-            MessageFacts::from_message(&MessageParser::default().parse(raw.as_bytes()).unwrap())
+            MessageFacts::from_message(
+                &MessageParser::default().parse(raw.as_bytes()).unwrap(),
+                true,
+            )
         })
         .collect()
 }

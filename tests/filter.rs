@@ -9,7 +9,10 @@ use mailroom::filter::{Filter, Judge, LoopProtection, MessageFacts, RateLimit, V
 use proptest::prelude::*;
 
 fn facts(raw: &str) -> MessageFacts {
-    MessageFacts::from_message(&MessageParser::default().parse(raw.as_bytes()).unwrap())
+    MessageFacts::from_message(
+        &MessageParser::default().parse(raw.as_bytes()).unwrap(),
+        true,
+    )
 }
 
 fn mail(from: &str, subject: &str, body: &str) -> MessageFacts {

@@ -23,7 +23,7 @@ pub struct MessageFacts {
     /// Normalised sender domain.
     pub sender_domain: Option<String>,
     /// Normalised subject and text body, joined by a line feed (phrases never
-    /// match across the two).
+    /// match across the two). Empty when no keyword needs it.
     pub searchable: String,
     pub message_id: Option<String>,
     pub auto_submitted: Option<String>,
@@ -54,7 +54,9 @@ fn is_address(a: &str) -> bool {
 }
 
 impl MessageFacts {
-    pub fn from_message(message: &Message<'_>) -> Self {
+    /// Takes the facts of a message; `with_text` also normalises subject and
+    /// body, which only keyword filters need.
+    pub fn from_message(message: &Message<'_>, with_text: bool) -> Self {
         let sender = match message.from() {
             None if message.header(HeaderName::From).is_none() => Err(SenderProblem::Missing),
             None => Err(SenderProblem::Malformed(
@@ -72,9 +74,13 @@ impl MessageFacts {
         let sender_domain = sender_key
             .as_ref()
             .and_then(|s| s.rsplit_once('@').map(|(_, d)| d.to_owned()));
-        let subject = message.subject().unwrap_or_default();
-        let body = message.body_text(0).unwrap_or_default();
-        let searchable = format!("{}\n{}", normalize::text(subject), normalize::text(&body));
+        let searchable = if with_text {
+            let subject = message.subject().unwrap_or_default();
+            let body = message.body_text(0).unwrap_or_default();
+            format!("{}\n{}", normalize::text(subject), normalize::text(&body))
+        } else {
+            String::new()
+        };
         let content_type = message
             .content_type()
             .map(|ct| {

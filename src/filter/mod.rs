@@ -180,6 +180,11 @@ impl Filter {
         }
     }
 
+    /// Whether judging needs the message's normalised text (keyword entries).
+    pub fn needs_text(&self) -> bool {
+        self.keywords.is_some()
+    }
+
     /// Judges a message by its sender and its subject and text.
     pub fn judge(&self, facts: &MessageFacts) -> Verdict {
         let by_sender = match (&facts.sender_key, &facts.sender_domain) {
@@ -216,6 +221,11 @@ pub struct Judge {
 }
 
 impl Judge {
+    /// Whether `MessageFacts` must carry the normalised text.
+    pub fn needs_text(&self) -> bool {
+        self.filter.as_ref().is_some_and(Filter::needs_text)
+    }
+
     /// Judges a message at `now` (the rate limit's clock).
     pub fn judge(&mut self, facts: &MessageFacts, now: std::time::Instant) -> Verdict {
         if let Some(v) = self.loops.check(facts) {

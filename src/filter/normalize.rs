@@ -6,10 +6,17 @@ use unicode_normalization::UnicodeNormalization;
 
 /// Case-folded, NFKC-normalised text with every run of whitespace as one space.
 pub fn text(s: &str) -> String {
-    let folded = caseless::default_case_fold_str(&s.nfkc().collect::<String>());
+    // ASCII needs neither NFKC nor full case folding: the common case stays cheap.
+    let folded: String = if s.is_ascii() {
+        s.to_ascii_lowercase()
+    } else {
+        caseless::default_case_fold_str(&s.nfkc().collect::<String>())
+            .nfkc()
+            .collect()
+    };
     let mut out = String::with_capacity(folded.len());
     let mut space = false;
-    for c in folded.nfkc() {
+    for c in folded.chars() {
         if c.is_whitespace() {
             space = !out.is_empty();
         } else {

@@ -125,6 +125,20 @@ impl WorkerHandle {
     }
 }
 
+type PendingDelivery = JoinHandle<(
+    Vec<Ticket>,
+    Result<Vec<crate::sinks::Delivery>, crate::sinks::SinkError>,
+)>;
+
+/// A fetched and judged IMAP batch whose tickets are on their way to the sink.
+struct FetchedChunk {
+    delivery: Option<PendingDelivery>,
+    ticket_uids: Vec<u32>,
+    rejected_uids: Vec<u32>,
+    quarantine: Vec<(u32, Option<String>, String)>,
+    newest: u32,
+}
+
 /// What became of one fetched message.
 enum Outcome {
     Ticket(Box<Ticket>),
@@ -336,16 +350,33 @@ impl Worker {
         self.emit(WorkerEvent::Fetched { count });
     }
 
-    /// Hands tickets to the sink; returns the indexes accepted.
-    async fn deliver(&self, tickets: &[Ticket]) -> Result<Vec<usize>, SessionEnd> {
-        if tickets.is_empty() {
-            return Ok(Vec::new());
-        }
-        let deliveries = self
-            .sink
-            .deliver(tickets)
+    /// Hands tickets to the sink and waits; returns the indexes accepted.
+    async fn deliver(&self, tickets: Vec<Ticket>) -> Result<Vec<usize>, SessionEnd> {
+        let pending = self.start_delivery(tickets);
+        self.settle(pending).await
+    }
+
+    /// Starts delivering a batch in the background, so that the next batch can be
+    /// fetched meanwhile.
+    fn start_delivery(&self, tickets: Vec<Ticket>) -> PendingDelivery {
+        let sink = self.sink.clone();
+        tokio::spawn(async move {
+            let result = if tickets.is_empty() {
+                Ok(Vec::new())
+            } else {
+                sink.deliver(&tickets).await
+            };
+            (tickets, result)
+        })
+    }
+
+    /// Waits for a batch's delivery and reports each ticket; returns the indexes
+    /// the sink accepted.
+    async fn settle(&self, pending: PendingDelivery) -> Result<Vec<usize>, SessionEnd> {
+        let (tickets, result) = pending
             .await
-            .map_err(|e| SessionEnd::Sink(e.to_string()))?;
+            .map_err(|e| SessionEnd::Sink(format!("ticket delivery stopped: {e}")))?;
+        let deliveries = result.map_err(|e| SessionEnd::Sink(e.to_string()))?;
         let mut accepted = Vec::new();
         for (i, (ticket, delivery)) in tickets.iter().zip(deliveries).enumerate() {
             match delivery {
@@ -375,7 +406,7 @@ impl Worker {
             Ok(m) => m,
             Err(e) => return Outcome::Unparseable(e.to_string()),
         };
-        let facts = MessageFacts::from_message(&message);
+        let facts = MessageFacts::from_message(&message, self.judge.needs_text());
         let verdict = self.judge.judge(&facts, std::time::Instant::now());
         let dry_run = self.dry_run();
         if !verdict.accepted {
@@ -504,19 +535,40 @@ impl Worker {
             .collect();
             uids.sort_unstable();
 
+            // While the sink writes one batch, the next one is fetched; a batch is
+            // marked processed, and the cursor moved past it, only after its
+            // tickets were accepted.
+            let mut in_flight: Option<FetchedChunk> = None;
             for chunk in uids.chunks(self.options.batch.max(1)) {
                 if self.stopping() {
-                    return Ok(());
+                    break;
                 }
-                self.imap_chunk(&mut session, chunk, &caps, &mut created_folders)
+                let fetched = self.fetch_chunk(&mut session, chunk).await?;
+                if let Some(previous) = in_flight.replace(fetched) {
+                    let newest = previous.newest;
+                    self.complete_chunk(&mut session, previous, &caps, &mut created_folders)
+                        .await?;
+                    last_uid = Some(last_uid.unwrap_or(0).max(newest));
+                    cursor.imap = Some(ImapCursor {
+                        uid_validity,
+                        last_uid: last_uid.unwrap_or(0),
+                    });
+                    self.save_cursor(&cursor)?;
+                }
+            }
+            if let Some(last) = in_flight.take() {
+                let newest = last.newest;
+                self.complete_chunk(&mut session, last, &caps, &mut created_folders)
                     .await?;
-                let newest = chunk.iter().copied().max().unwrap_or(0);
                 last_uid = Some(last_uid.unwrap_or(0).max(newest));
                 cursor.imap = Some(ImapCursor {
                     uid_validity,
                     last_uid: last_uid.unwrap_or(0),
                 });
                 self.save_cursor(&cursor)?;
+            }
+            if self.stopping() {
+                return Ok(());
             }
             if last_uid.is_none() || cursor.imap.is_none_or(|c| c.uid_validity != uid_validity) {
                 last_uid = Some(last_uid.unwrap_or(0).max(uid_next.saturating_sub(1)));
@@ -698,13 +750,13 @@ impl Worker {
         .map_err(SessionEnd::Lost)
     }
 
-    async fn imap_chunk(
+    /// Fetches a batch (sizes first, so that an oversized message is never
+    /// downloaded), judges every message, and starts delivering the tickets.
+    async fn fetch_chunk(
         &mut self,
         session: &mut ImapSession,
         chunk: &[u32],
-        caps: &HashSet<String>,
-        created: &mut HashSet<String>,
-    ) -> Result<(), SessionEnd> {
+    ) -> Result<FetchedChunk, SessionEnd> {
         let io = self.settings.server.timeouts.io;
         let max = self.settings.max_message_size;
         let set = uid_set(chunk);
@@ -770,17 +822,48 @@ impl Worker {
             self.mark_fetched(too_big.len());
         }
 
-        if self.dry_run() {
+        let delivery = if self.dry_run() {
             let folder = &self.settings.quarantine_folder;
-            for (uid, message_id, reason) in quarantine {
+            for (uid, message_id, reason) in quarantine.drain(..) {
                 self.quarantined(
                     message_id,
                     format!("(dry run) UID {uid} would be moved to {folder:?}: {reason}"),
                 );
             }
+            None
+        } else {
+            Some(self.start_delivery(tickets))
+        };
+        Ok(FetchedChunk {
+            delivery,
+            ticket_uids,
+            rejected_uids,
+            quarantine,
+            newest: chunk.iter().copied().max().unwrap_or(0),
+        })
+    }
+
+    /// Waits for a batch's tickets, then applies afterProcessing to what the sink
+    /// accepted and to what was rejected, and quarantines the bad messages.
+    async fn complete_chunk(
+        &mut self,
+        session: &mut ImapSession,
+        fetched: FetchedChunk,
+        caps: &HashSet<String>,
+        created: &mut HashSet<String>,
+    ) -> Result<(), SessionEnd> {
+        let io = self.settings.server.timeouts.io;
+        let FetchedChunk {
+            delivery,
+            ticket_uids,
+            rejected_uids,
+            quarantine,
+            ..
+        } = fetched;
+        let Some(delivery) = delivery else {
             return Ok(());
-        }
-        let accepted = self.deliver(&tickets).await?;
+        };
+        let accepted = self.settle(delivery).await?;
         // Rejected mail gets the same afterProcessing as accepted mail: it is
         // judged once, and a rejection alone never deletes anything.
         let done: Vec<u32> = accepted
@@ -895,7 +978,7 @@ impl Worker {
             }
             self.mark_fetched(chunk.len());
             if !self.dry_run() {
-                let accepted = self.deliver(&tickets).await?;
+                let accepted = self.deliver(tickets).await?;
                 if self.settings.after_processing == AfterProcessing::Delete {
                     let done = accepted.iter().map(|i| numbers[*i].0).chain(rejected);
                     for n in done {

@@ -304,3 +304,15 @@ fn an_owned_stack_stops_its_processes_on_drop() {
     );
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
+
+#[test]
+fn seeded_maildir_messages_are_served() {
+    let stack = Stack::shared();
+    let user = stack.create_user("seed").unwrap();
+    let messages: Vec<String> = (0..20)
+        .map(|i| format!("Subject: s{i}\r\n\r\nbody\r\n"))
+        .collect();
+    stack.seed(&user.address, &messages).unwrap();
+    assert_eq!(stack.messages(&user.address, "INBOX").unwrap().len(), 20);
+    assert_eq!(imaps_subjects(stack, &user).len(), 20);
+}
