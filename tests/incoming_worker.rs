@@ -639,3 +639,53 @@ async fn idle_is_reissued_and_keeps_delivering() {
     wait_tickets(&out.path().join("t"), 1).await;
     run.handle.stop().await;
 }
+
+#[tokio::test]
+async fn first_start_takes_unseen_mail_and_never_read_mail_later() {
+    let stack = Stack::shared();
+    let user = stack.create_user("first-start").unwrap();
+    stack
+        .deliver(&user.address, &(0..3).map(message).collect::<Vec<_>>())
+        .unwrap();
+    // The newest message was read in a mail client before mailroom started.
+    stack.add_flag(&user.address, "INBOX", 3, "\\Seen").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let store: Arc<dyn CursorStore> = Arc::new(FileCursorStore::new(out.path().join("state")));
+    let s = settings(
+        stack,
+        &user,
+        IncomingProtocol::Imap,
+        SecurityType::Ssl,
+        |_| {},
+    );
+    process_with(&s, &store, out.path(), 2).await;
+    assert_eq!(
+        store
+            .load("helpdesk/support")
+            .unwrap()
+            .unwrap()
+            .imap
+            .unwrap()
+            .last_uid,
+        3
+    );
+
+    stack.deliver(&user.address, &[message(4)]).unwrap();
+    let run = start(s, dir_sink(&out.path().join("t")), store, fast());
+    wait_tickets(&out.path().join("t"), 3).await;
+    let stats = run.handle.stats.clone();
+    run.handle.stop().await;
+    assert_eq!(
+        stats.fetched.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "only the new message"
+    );
+    let subjects: Vec<String> = tickets(&out.path().join("t"))
+        .into_iter()
+        .filter_map(|t| t.subject)
+        .collect();
+    assert!(
+        !subjects.contains(&"request 2".to_owned()),
+        "read mail became a ticket: {subjects:?}"
+    );
+}

@@ -325,6 +325,67 @@ pub async fn tls_handshake(
     .await
 }
 
+/// What a STARTTLS upgrade needs, kept from [`open`].
+pub struct Upgrade {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    timeouts: Timeouts,
+}
+
+impl Upgrade {
+    /// Runs the TLS handshake on a plain connection after the server agreed to
+    /// STARTTLS.
+    pub async fn handshake(
+        self,
+        tcp: TcpStream,
+    ) -> Result<(MailStream, Option<CertificateInfo>), Failure> {
+        tls_handshake(tcp, self.config, self.name, self.timeouts).await
+    }
+}
+
+/// The stages every protocol shares: DNS, TCP and, with implicit TLS, the
+/// handshake. With STARTTLS the stream is still plain; `Upgrade` secures it
+/// once the protocol has asked.
+pub async fn open(
+    endpoint: &crate::config::Endpoint,
+    tls: &TlsOptions,
+    timeouts: Timeouts,
+    probe: &mut Probe,
+) -> Result<(MailStream, Upgrade), Failure> {
+    let tls_failure =
+        |e: tls::TlsConfigError| Failure::new(Reason::TlsHandshakeFailed, e.to_string());
+    let config = client_config(tls).map_err(tls_failure)?;
+    let name = server_name(&endpoint.host, tls).map_err(tls_failure)?;
+    let addrs = probe
+        .stage(
+            ConnectionStage::Dns,
+            resolve(&endpoint.host, endpoint.port, timeouts),
+        )
+        .await?;
+    let tcp = probe
+        .stage(ConnectionStage::Tcp, connect_tcp(&addrs, timeouts))
+        .await?;
+    let upgrade = Upgrade {
+        config,
+        name,
+        timeouts,
+    };
+    let stream = match endpoint.security {
+        crate::api::SecurityType::Ssl => {
+            let (stream, cert) = probe
+                .stage(
+                    ConnectionStage::Tls,
+                    tls_handshake(tcp, upgrade.config.clone(), upgrade.name.clone(), timeouts),
+                )
+                .await?;
+            probe.certificate = cert;
+            stream
+        }
+        crate::api::SecurityType::Tls => MailStream::Plain(tcp),
+    };
+    Ok((stream, upgrade))
+}
+
 fn certificate_info(der: &[u8]) -> Option<CertificateInfo> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let not_after = cert.validity().not_after.timestamp();

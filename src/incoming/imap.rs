@@ -8,10 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use crate::api::{ConnectionStage, SecurityType};
 use crate::config::server::authentication_hint;
 use crate::config::{Credentials, ServerSettings};
-use crate::connection::{
-    Failure, MailStream, Probe, Reason, client_config, connect_tcp, resolve, server_name,
-    tls_handshake, within,
-};
+use crate::connection::{Failure, MailStream, Probe, Reason, open, within};
 
 pub type ImapSession = Session<MailStream>;
 
@@ -85,30 +82,7 @@ fn secured_plain(conn: BufReader<MailStream>, what: &str) -> Result<MailStream, 
 pub async fn connect(server: &ServerSettings, probe: &mut Probe) -> Result<ImapSession, Failure> {
     let t = server.timeouts;
     let ep = &server.endpoint;
-    let config = client_config(&server.tls)
-        .map_err(|e| Failure::new(Reason::TlsHandshakeFailed, e.to_string()))?;
-    let name = server_name(&ep.host, &server.tls)
-        .map_err(|e| Failure::new(Reason::TlsHandshakeFailed, e.to_string()))?;
-
-    let addrs = probe
-        .stage(ConnectionStage::Dns, resolve(&ep.host, ep.port, t))
-        .await?;
-    let tcp = probe
-        .stage(ConnectionStage::Tcp, connect_tcp(&addrs, t))
-        .await?;
-    let stream = match ep.security {
-        SecurityType::Ssl => {
-            let (stream, cert) = probe
-                .stage(
-                    ConnectionStage::Tls,
-                    tls_handshake(tcp, config.clone(), name.clone(), t),
-                )
-                .await?;
-            probe.certificate = cert;
-            stream
-        }
-        SecurityType::Tls => MailStream::Plain(tcp),
-    };
+    let (stream, upgrade) = open(ep, &server.tls, t, probe).await?;
     let mut conn = BufReader::new(stream);
     let mut caps = probe
         .stage(
@@ -147,7 +121,7 @@ pub async fn connect(server: &ServerSettings, probe: &mut Probe) -> Result<ImapS
                 let tcp = secured_plain(conn, "STARTTLS")?
                     .into_plain()
                     .ok_or_else(|| protocol_error("STARTTLS", "connection is already encrypted"))?;
-                tls_handshake(tcp, config, name, t).await
+                upgrade.handshake(tcp).await
             })
             .await?;
         probe.certificate = cert;

@@ -11,10 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use crate::api::{ConnectionStage, SecurityType};
 use crate::config::server::authentication_hint;
 use crate::config::{Credentials, ServerSettings};
-use crate::connection::{
-    Failure, MailStream, Probe, Reason, client_config, connect_tcp, resolve, server_name,
-    tls_handshake, within,
-};
+use crate::connection::{Failure, MailStream, Probe, Reason, open, within};
 
 /// Longest status line accepted; RFC 1939 allows 512 octets.
 const MAX_LINE: u64 = 8 * 1024;
@@ -136,30 +133,7 @@ impl Pop3 {
     pub async fn connect(server: &ServerSettings, probe: &mut Probe) -> Result<Pop3, Failure> {
         let t = server.timeouts;
         let ep = &server.endpoint;
-        let config = client_config(&server.tls)
-            .map_err(|e| Failure::new(Reason::TlsHandshakeFailed, e.to_string()))?;
-        let name = server_name(&ep.host, &server.tls)
-            .map_err(|e| Failure::new(Reason::TlsHandshakeFailed, e.to_string()))?;
-
-        let addrs = probe
-            .stage(ConnectionStage::Dns, resolve(&ep.host, ep.port, t))
-            .await?;
-        let tcp = probe
-            .stage(ConnectionStage::Tcp, connect_tcp(&addrs, t))
-            .await?;
-        let stream = match ep.security {
-            SecurityType::Ssl => {
-                let (stream, cert) = probe
-                    .stage(
-                        ConnectionStage::Tls,
-                        tls_handshake(tcp, config.clone(), name.clone(), t),
-                    )
-                    .await?;
-                probe.certificate = cert;
-                stream
-            }
-            SecurityType::Tls => MailStream::Plain(tcp),
-        };
+        let (stream, upgrade) = open(ep, &server.tls, t, probe).await?;
         let mut pop = Pop3::new(stream, t.io);
         let mut caps = probe
             .stage(ConnectionStage::Greeting, async {
@@ -198,7 +172,7 @@ impl Pop3 {
                         pop.stream.into_inner().into_plain().ok_or_else(|| {
                             protocol_error("STLS", "connection is already encrypted")
                         })?;
-                    tls_handshake(tcp, config, name, t).await
+                    upgrade.handshake(tcp).await
                 })
                 .await?;
             probe.certificate = cert;

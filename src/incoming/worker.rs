@@ -340,6 +340,23 @@ impl Worker {
         Ok(())
     }
 
+    /// Moves the IMAP cursor to at least `uid` and saves it.
+    fn advance(
+        &mut self,
+        cursor: &mut Cursor,
+        uid_validity: u32,
+        last_uid: &mut Option<u32>,
+        uid: u32,
+    ) -> Result<(), SessionEnd> {
+        let newest = last_uid.unwrap_or(0).max(uid);
+        *last_uid = Some(newest);
+        cursor.imap = Some(ImapCursor {
+            uid_validity,
+            last_uid: newest,
+        });
+        self.save_cursor(cursor)
+    }
+
     fn mark_fetched(&self, count: usize) {
         self.stats
             .fetched
@@ -538,45 +555,40 @@ impl Worker {
             // While the sink writes one batch, the next one is fetched; a batch is
             // marked processed, and the cursor moved past it, only after its
             // tickets were accepted.
+            let initial_pass = last_uid.is_none();
             let mut in_flight: Option<FetchedChunk> = None;
-            for chunk in uids.chunks(self.options.batch.max(1)) {
-                if self.stopping() {
-                    break;
-                }
-                let fetched = self.fetch_chunk(&mut session, chunk).await?;
-                if let Some(previous) = in_flight.replace(fetched) {
+            let mut chunks = uids.chunks(self.options.batch.max(1));
+            loop {
+                let next = if self.stopping() { None } else { chunks.next() };
+                let fetched = match next {
+                    Some(chunk) => Some(self.fetch_chunk(&mut session, chunk).await?),
+                    None => None,
+                };
+                let last = fetched.is_none();
+                if let Some(previous) = std::mem::replace(&mut in_flight, fetched) {
                     let newest = previous.newest;
                     self.complete_chunk(&mut session, previous, &caps, &mut created_folders)
                         .await?;
-                    last_uid = Some(last_uid.unwrap_or(0).max(newest));
-                    cursor.imap = Some(ImapCursor {
-                        uid_validity,
-                        last_uid: last_uid.unwrap_or(0),
-                    });
-                    self.save_cursor(&cursor)?;
+                    self.advance(&mut cursor, uid_validity, &mut last_uid, newest)?;
                 }
-            }
-            if let Some(last) = in_flight.take() {
-                let newest = last.newest;
-                self.complete_chunk(&mut session, last, &caps, &mut created_folders)
-                    .await?;
-                last_uid = Some(last_uid.unwrap_or(0).max(newest));
-                cursor.imap = Some(ImapCursor {
-                    uid_validity,
-                    last_uid: last_uid.unwrap_or(0),
-                });
-                self.save_cursor(&cursor)?;
+                if last {
+                    break;
+                }
             }
             if self.stopping() {
                 return Ok(());
             }
-            if last_uid.is_none() || cursor.imap.is_none_or(|c| c.uid_validity != uid_validity) {
-                last_uid = Some(last_uid.unwrap_or(0).max(uid_next.saturating_sub(1)));
-                cursor.imap = Some(ImapCursor {
+            // After the first pass everything below UIDNEXT (as SELECT reported
+            // it) has been judged or was deliberately left (already seen): the
+            // cursor moves past it, so read mail with a higher UID than the
+            // newest unseen one is not taken later.
+            if initial_pass {
+                self.advance(
+                    &mut cursor,
                     uid_validity,
-                    last_uid: last_uid.unwrap_or(0),
-                });
-                self.save_cursor(&cursor)?;
+                    &mut last_uid,
+                    uid_next.saturating_sub(1),
+                )?;
             }
             if self.stopping() {
                 let _ = within(io, "logging out", async {

@@ -676,6 +676,15 @@ impl Stack {
             .collect()
     }
 
+    /// Adds a flag (e.g. `\\Seen`) to one message.
+    pub fn add_flag(&self, user: &str, folder: &str, uid: u32, flag: &str) -> Result<(), Error> {
+        let uid = uid.to_string();
+        self.doveadm(&[
+            "flags", "add", "-u", user, flag, "mailbox", folder, "uid", &uid,
+        ])
+        .map(drop)
+    }
+
     /// Every folder of a user.
     pub fn folders(&self, user: &str) -> Result<Vec<String>, Error> {
         let out = self.doveadm(&["mailbox", "list", "-u", user])?;
