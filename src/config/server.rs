@@ -40,14 +40,6 @@ pub enum Credentials {
     },
 }
 
-impl Credentials {
-    pub fn username(&self) -> &str {
-        match self {
-            Self::Basic { username, .. } => username,
-        }
-    }
-}
-
 /// Everything needed to reach and sign in to one server.
 #[derive(Clone, Debug)]
 pub struct ServerSettings {

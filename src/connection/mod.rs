@@ -129,12 +129,6 @@ pub struct ConnectionReport {
     pub certificate: Option<CertificateInfo>,
 }
 
-impl ConnectionReport {
-    pub fn passed(&self) -> bool {
-        self.reason == Reason::Connected
-    }
-}
-
 /// Records each stage of a connection as it happens. The workers connect through
 /// the same code, so the test and the real connection never disagree.
 #[derive(Debug)]
@@ -178,15 +172,6 @@ impl Probe {
             detail: result.as_ref().err().map(|f| f.message.clone()),
         });
         result
-    }
-
-    /// Adds a detail to the last stage recorded (e.g. the certificate subject).
-    pub fn note(&mut self, detail: String) {
-        if let Some(last) = self.stages.last_mut()
-            && last.detail.is_none()
-        {
-            last.detail = Some(detail);
-        }
     }
 
     /// Closes the record: `Connected` when `outcome` is Ok.

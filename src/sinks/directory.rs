@@ -36,10 +36,6 @@ impl DirectorySink {
         Ok(Self { dir })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Path of a ticket's file.
     pub fn path_of(&self, key: &str) -> PathBuf {
         self.dir.join(format!("{key}.json"))
