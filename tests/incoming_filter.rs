@@ -179,6 +179,24 @@ async fn dry_run_reports_every_verdict_and_touches_nothing_then_active_applies_t
     let log = stats.rejections.lock().unwrap().clone();
     assert_eq!(log.total(), 4);
     assert!(log.recent().all(|r| r.reason.starts_with("(dry run)")));
+    // What status shows for the DryRun: every message judged, two would be tickets.
+    let report = mailroom::status::dry_run_report(&stats);
+    assert_eq!(
+        (
+            report.judged,
+            report.would_create_tickets,
+            report.would_reject,
+            report.would_quarantine
+        ),
+        (6, 2, 4, 0)
+    );
+    let recent = mailroom::status::recent_rejections(&log);
+    assert_eq!(recent.len(), 4);
+    assert!(
+        recent
+            .iter()
+            .any(|r| r.rule == "domains[0]" && r.sender.as_deref() == Some("spam@yahoo.com"))
+    );
 
     let mut run = start(
         settings(

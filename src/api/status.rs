@@ -29,6 +29,9 @@ pub struct IncomingEmailServerStatus {
     /// Counters of the fetch worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<IncomingStats>,
+    /// With mode DryRun: what would have happened to the mail judged so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<DryRunReport>,
     /// The last rejected messages, newest first. Never bodies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
@@ -177,6 +180,21 @@ pub struct IncomingStats {
     /// Last successful fetch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_fetch_at: Option<Time>,
+}
+
+/// What DryRun found: messages judged, and what would have become of them. The
+/// rejections themselves are in recentRejections, marked "(dry run)".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRunReport {
+    /// Messages fetched and judged.
+    pub judged: i64,
+    /// Messages that would have become tickets.
+    pub would_create_tickets: i64,
+    /// Messages the filter or loop protection would have rejected.
+    pub would_reject: i64,
+    /// Messages that would have been quarantined (unparseable or oversized).
+    pub would_quarantine: i64,
 }
 
 /// Counters of a send worker since it started for this generation.

@@ -3,8 +3,11 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::Rejection;
+use std::sync::atomic::Ordering;
+
+use crate::api::{DryRunReport, Rejection};
 use crate::filter::RejectionLog;
+use crate::incoming::worker::WorkerStats;
 
 /// Condition type for rejected mail or recipients.
 pub const FILTER_REJECTING: &str = "FilterRejecting";
@@ -48,6 +51,23 @@ pub fn filter_rejecting(
         },
         last_transition_time: Time(now),
         observed_generation: generation,
+    }
+}
+
+/// The DryRun summary from a worker's counters: in DryRun nothing is delivered,
+/// so what was neither rejected nor quarantined would have become a ticket.
+pub fn dry_run_report(stats: &WorkerStats) -> DryRunReport {
+    let count = |c: &std::sync::atomic::AtomicU64| {
+        i64::try_from(c.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
+    };
+    let judged = count(&stats.fetched);
+    let would_reject = count(&stats.rejected);
+    let would_quarantine = count(&stats.failed);
+    DryRunReport {
+        judged,
+        would_create_tickets: (judged - would_reject - would_quarantine).max(0),
+        would_reject,
+        would_quarantine,
     }
 }
 
