@@ -249,14 +249,16 @@ async fn each_after_processing_mode_leaves_the_mailbox_as_promised() {
     assert_eq!(stack.messages(&pop_keep.address, "INBOX").unwrap().len(), 3);
 }
 
-#[tokio::test]
-async fn idle_turns_a_delivery_into_a_ticket_without_waiting_for_a_poll() {
-    let stack = Stack::shared();
-    let user = stack.create_user("idle").unwrap();
+/// A worker in IDLE whose poll interval (10 minutes) cannot explain a ticket.
+async fn idle_worker(
+    stack: &Stack,
+    user: &User,
+    options: WorkerOptions,
+) -> (Run, tempfile::TempDir) {
     let out = tempfile::tempdir().unwrap();
     let s = settings(
         stack,
-        &user,
+        user,
         IncomingProtocol::Imap,
         SecurityType::Ssl,
         |s| {
@@ -264,11 +266,19 @@ async fn idle_turns_a_delivery_into_a_ticket_without_waiting_for_a_poll() {
         },
     );
     let store = Arc::new(FileCursorStore::new(out.path().join("state")));
-    let mut run = start(s, dir_sink(&out.path().join("t")), store, fast());
+    let mut run = start(s, dir_sink(&out.path().join("t")), store, options);
     run.until("IDLE", |e| {
         matches!(e, WorkerEvent::Scanning(Scanning::Idle))
     })
     .await;
+    (run, out)
+}
+
+#[tokio::test]
+async fn idle_turns_a_delivery_into_a_ticket_without_waiting_for_a_poll() {
+    let stack = Stack::shared();
+    let user = stack.create_user("idle").unwrap();
+    let (run, out) = idle_worker(stack, &user, fast()).await;
     // Give the worker a moment to enter IDLE after it announced it.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let sent = Instant::now();
@@ -613,26 +623,11 @@ async fn polling_picks_up_new_mail_when_real_time_is_off() {
 async fn idle_is_reissued_and_keeps_delivering() {
     let stack = Stack::shared();
     let user = stack.create_user("idle-refresh").unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let s = settings(
-        stack,
-        &user,
-        IncomingProtocol::Imap,
-        SecurityType::Ssl,
-        |s| {
-            s.scan_interval = Duration::from_secs(600).into();
-        },
-    );
-    let store = Arc::new(FileCursorStore::new(out.path().join("state")));
     let options = WorkerOptions {
         idle_refresh: Duration::from_millis(150),
         ..fast()
     };
-    let mut run = start(s, dir_sink(&out.path().join("t")), store, options);
-    run.until("IDLE", |e| {
-        matches!(e, WorkerEvent::Scanning(Scanning::Idle))
-    })
-    .await;
+    let (run, out) = idle_worker(stack, &user, options).await;
     // Several refresh periods pass without mail; the session must survive them.
     tokio::time::sleep(Duration::from_millis(700)).await;
     stack.deliver(&user.address, &[message(1)]).unwrap();

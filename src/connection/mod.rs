@@ -310,6 +310,31 @@ pub async fn tls_handshake(
     .await
 }
 
+/// With securityType TLS, refuses to go on when the server does not offer
+/// STARTTLS (`verb`: STARTTLS or STLS): nothing, least of all the password, is
+/// sent in clear. `ssl_port` is the implicit-TLS port to suggest instead.
+pub async fn require_starttls(
+    probe: &mut Probe,
+    offered: bool,
+    endpoint: &crate::config::Endpoint,
+    verb: &str,
+    ssl_port: u16,
+) -> Result<(), Failure> {
+    if offered {
+        return Ok(());
+    }
+    let failure = Failure::new(
+        Reason::StartTlsUnavailable,
+        format!(
+            "{}:{} does not offer {verb}, and mailroom never sends a password in clear; use securityType SSL (port {ssl_port}) or enable {verb} on the server",
+            endpoint.host, endpoint.port
+        ),
+    );
+    probe
+        .stage(ConnectionStage::Tls, async { Err(failure) })
+        .await
+}
+
 /// What a STARTTLS upgrade needs, kept from [`open`].
 pub struct Upgrade {
     config: Arc<ClientConfig>,

@@ -8,7 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use crate::api::{ConnectionStage, SecurityType};
 use crate::config::server::authentication_hint;
 use crate::config::{Credentials, ServerSettings};
-use crate::connection::{Failure, MailStream, Probe, Reason, open, within};
+use crate::connection::{Failure, MailStream, Probe, Reason, open, require_starttls, within};
 
 pub type ImapSession = Session<MailStream>;
 
@@ -101,18 +101,8 @@ pub async fn connect(server: &ServerSettings, probe: &mut Probe) -> Result<ImapS
         .await?;
 
     if ep.security == SecurityType::Tls {
-        if !caps.iter().any(|c| c.eq_ignore_ascii_case("STARTTLS")) {
-            let failure = Failure::new(
-                Reason::StartTlsUnavailable,
-                format!(
-                    "{}:{} does not offer STARTTLS, and mailroom never sends a password in clear; use securityType SSL (port 993) or enable STARTTLS on the server",
-                    ep.host, ep.port
-                ),
-            );
-            return probe
-                .stage(ConnectionStage::Tls, async { Err(failure) })
-                .await;
-        }
+        let offered = caps.iter().any(|c| c.eq_ignore_ascii_case("STARTTLS"));
+        require_starttls(probe, offered, ep, "STARTTLS", 993).await?;
         let (stream, cert) = probe
             .stage(ConnectionStage::Tls, async {
                 within(t.io, "starting TLS", command(&mut conn, "m2", "STARTTLS"))

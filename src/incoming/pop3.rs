@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use crate::api::{ConnectionStage, SecurityType};
 use crate::config::server::authentication_hint;
 use crate::config::{Credentials, ServerSettings};
-use crate::connection::{Failure, MailStream, Probe, Reason, open, within};
+use crate::connection::{Failure, MailStream, Probe, Reason, open, require_starttls, within};
 
 /// Longest status line accepted; RFC 1939 allows 512 octets.
 const MAX_LINE: u64 = 8 * 1024;
@@ -145,18 +145,8 @@ impl Pop3 {
             .await?;
 
         if ep.security == SecurityType::Tls {
-            if !caps.iter().any(|c| c.eq_ignore_ascii_case("STLS")) {
-                let failure = Failure::new(
-                    Reason::StartTlsUnavailable,
-                    format!(
-                        "{}:{} does not offer STLS (STARTTLS), and mailroom never sends a password in clear; use securityType SSL (port 995) or enable STLS on the server",
-                        ep.host, ep.port
-                    ),
-                );
-                return probe
-                    .stage(ConnectionStage::Tls, async { Err(failure) })
-                    .await;
-            }
+            let offered = caps.iter().any(|c| c.eq_ignore_ascii_case("STLS"));
+            require_starttls(probe, offered, ep, "STLS", 995).await?;
             let (stream, cert) = probe
                 .stage(ConnectionStage::Tls, async {
                     pop.command("STLS", "STLS")
