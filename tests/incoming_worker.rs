@@ -165,14 +165,8 @@ async fn process(
 ) {
     let out = tempfile::tempdir().unwrap();
     let s = settings(stack, user, protocol, SecurityType::Ssl, edit);
-    let store = Arc::new(FileCursorStore::new(out.path().join("state")));
-    let mut run = start(s, dir_sink(&out.path().join("t")), store, fast());
-    wait_tickets(&out.path().join("t"), n).await;
-    run.until("the cursor", |e| {
-        matches!(e, WorkerEvent::CursorAdvanced(_))
-    })
-    .await;
-    run.handle.stop().await;
+    let store: Arc<dyn CursorStore> = Arc::new(FileCursorStore::new(out.path().join("state")));
+    process_with(&s, &store, out.path(), n).await;
 }
 
 #[tokio::test]

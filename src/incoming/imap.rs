@@ -12,7 +12,8 @@ use crate::connection::{Failure, MailStream, Probe, Reason, open, require_startt
 
 pub type ImapSession = Session<MailStream>;
 
-fn protocol_error(what: &str, e: impl std::fmt::Display) -> Failure {
+/// A failed IMAP command, as the worker and the connection test report it.
+pub(crate) fn protocol_error(what: &str, e: impl std::fmt::Display) -> Failure {
     Failure::new(Reason::ProtocolError, format!("IMAP {what} failed: {e}"))
 }
 

@@ -188,7 +188,7 @@ pub struct Worker {
 }
 
 fn lost(what: &str, e: impl std::fmt::Display) -> SessionEnd {
-    SessionEnd::Lost(Failure::new(Reason::ProtocolError, format!("{what}: {e}")))
+    SessionEnd::Lost(imap::protocol_error(what, e))
 }
 
 /// `1,2,3,7` → `1:3,7`.
@@ -542,7 +542,7 @@ impl Worker {
                 session
                     .uid_search(&query)
                     .await
-                    .map_err(|e| Failure::new(Reason::ProtocolError, format!("UID SEARCH: {e}")))
+                    .map_err(|e| imap::protocol_error("UID SEARCH", e))
             })
             .await
             .map_err(SessionEnd::Lost)?
@@ -610,7 +610,7 @@ impl Worker {
                     session
                         .noop()
                         .await
-                        .map_err(|e| Failure::new(Reason::ProtocolError, format!("NOOP: {e}")))
+                        .map_err(|e| imap::protocol_error("NOOP", e))
                 })
                 .await
                 .map_err(SessionEnd::Lost)?;
@@ -628,7 +628,7 @@ impl Worker {
             handle
                 .init()
                 .await
-                .map_err(|e| Failure::new(Reason::ProtocolError, format!("IDLE: {e}")))
+                .map_err(|e| imap::protocol_error("IDLE", e))
         })
         .await
         .map_err(SessionEnd::Lost)?;
@@ -649,7 +649,7 @@ impl Worker {
             handle
                 .done()
                 .await
-                .map_err(|e| Failure::new(Reason::ProtocolError, format!("DONE: {e}")))
+                .map_err(|e| imap::protocol_error("DONE", e))
         })
         .await
         .map_err(SessionEnd::Lost)
@@ -696,23 +696,19 @@ impl Worker {
         let io = self.settings.server.timeouts.io;
         if caps.contains("MOVE") {
             within(io, "moving mail", async {
-                session.uid_mv(&set, folder).await.map_err(|e| {
-                    Failure::new(
-                        Reason::ProtocolError,
-                        format!("UID MOVE to {folder:?}: {e}"),
-                    )
-                })
+                session
+                    .uid_mv(&set, folder)
+                    .await
+                    .map_err(|e| imap::protocol_error(&format!("UID MOVE to {folder:?}"), e))
             })
             .await
             .map_err(SessionEnd::Lost)
         } else {
             within(io, "copying mail", async {
-                session.uid_copy(&set, folder).await.map_err(|e| {
-                    Failure::new(
-                        Reason::ProtocolError,
-                        format!("UID COPY to {folder:?}: {e}"),
-                    )
-                })
+                session
+                    .uid_copy(&set, folder)
+                    .await
+                    .map_err(|e| imap::protocol_error(&format!("UID COPY to {folder:?}"), e))
             })
             .await
             .map_err(SessionEnd::Lost)?;
@@ -731,30 +727,28 @@ impl Worker {
             let flagged: Vec<_> = session
                 .uid_store(&set, "+FLAGS.SILENT (\\Deleted)")
                 .await
-                .map_err(|e| Failure::new(Reason::ProtocolError, format!("UID STORE: {e}")))?
+                .map_err(|e| imap::protocol_error("UID STORE", e))?
                 .try_collect()
                 .await
-                .map_err(|e| Failure::new(Reason::ProtocolError, format!("UID STORE: {e}")))?;
+                .map_err(|e| imap::protocol_error("UID STORE", e))?;
             drop(flagged);
             // UID EXPUNGE removes only our messages; plain EXPUNGE is the fallback.
             if caps.contains("UIDPLUS") {
                 let _: Vec<_> = session
                     .uid_expunge(&set)
                     .await
-                    .map_err(|e| Failure::new(Reason::ProtocolError, format!("UID EXPUNGE: {e}")))?
+                    .map_err(|e| imap::protocol_error("UID EXPUNGE", e))?
                     .try_collect()
                     .await
-                    .map_err(|e| {
-                        Failure::new(Reason::ProtocolError, format!("UID EXPUNGE: {e}"))
-                    })?;
+                    .map_err(|e| imap::protocol_error("UID EXPUNGE", e))?;
             } else {
                 let _: Vec<_> = session
                     .expunge()
                     .await
-                    .map_err(|e| Failure::new(Reason::ProtocolError, format!("EXPUNGE: {e}")))?
+                    .map_err(|e| imap::protocol_error("EXPUNGE", e))?
                     .try_collect()
                     .await
-                    .map_err(|e| Failure::new(Reason::ProtocolError, format!("EXPUNGE: {e}")))?;
+                    .map_err(|e| imap::protocol_error("EXPUNGE", e))?;
             }
             Ok(())
         })
@@ -777,10 +771,10 @@ impl Worker {
             let fetches: Vec<_> = session
                 .uid_fetch(&set, "(UID RFC822.SIZE)")
                 .await
-                .map_err(|e| Failure::new(Reason::ProtocolError, format!("UID FETCH: {e}")))?
+                .map_err(|e| imap::protocol_error("UID FETCH", e))?
                 .try_collect()
                 .await
-                .map_err(|e| Failure::new(Reason::ProtocolError, format!("UID FETCH: {e}")))?;
+                .map_err(|e| imap::protocol_error("UID FETCH", e))?;
             Ok(fetches
                 .iter()
                 .filter_map(|f| Some((f.uid?, u64::from(f.size.unwrap_or(0)))))
@@ -810,10 +804,10 @@ impl Worker {
                 session
                     .uid_fetch(&fit_set, "(UID BODY.PEEK[])")
                     .await
-                    .map_err(|e| Failure::new(Reason::ProtocolError, format!("UID FETCH: {e}")))?
+                    .map_err(|e| imap::protocol_error("UID FETCH", e))?
                     .try_collect::<Vec<_>>()
                     .await
-                    .map_err(|e| Failure::new(Reason::ProtocolError, format!("UID FETCH: {e}")))
+                    .map_err(|e| imap::protocol_error("UID FETCH", e))
             })
             .await
             .map_err(SessionEnd::Lost)?;
@@ -891,14 +885,10 @@ impl Worker {
                         session
                             .uid_store(&set, "+FLAGS.SILENT (\\Seen)")
                             .await
-                            .map_err(|e| {
-                                Failure::new(Reason::ProtocolError, format!("UID STORE: {e}"))
-                            })?
+                            .map_err(|e| imap::protocol_error("UID STORE", e))?
                             .try_collect::<Vec<_>>()
                             .await
-                            .map_err(|e| {
-                                Failure::new(Reason::ProtocolError, format!("UID STORE: {e}"))
-                            })
+                            .map_err(|e| imap::protocol_error("UID STORE", e))
                     })
                     .await
                     .map_err(SessionEnd::Lost)?;
