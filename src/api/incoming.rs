@@ -172,6 +172,56 @@ impl Default for LoopProtectionSpec {
     }
 }
 
+/// Acknowledgements: an automatic answer to the requester once per new ticket,
+/// sent through `outgoingServerRef`, threaded to the original message and
+/// marked `Auto-Submitted: auto-replied`. Never sent for automatic mail (it
+/// never becomes a ticket) and limited per sender.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AcknowledgementSpec {
+    /// Send acknowledgements (default false).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Subject; `{subject}` is replaced by the original subject.
+    #[serde(default = "default_ack_subject")]
+    #[schemars(length(min = 1, max = 998), pattern(SINGLE_LINE_PATTERN))]
+    pub subject: String,
+    /// Plain-text body; `{subject}` is replaced by the original subject.
+    #[serde(default = "default_ack_text")]
+    #[schemars(length(min = 1, max = 65536))]
+    pub text: String,
+    /// Most acknowledgements one sender gets within `window`.
+    #[serde(default = "default_ack_max")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_per_sender: i32,
+    /// The window of the per-sender limit (Go duration).
+    #[serde(default = "default_loop_window")]
+    #[schemars(with = "String", pattern(DURATION_PATTERN))]
+    pub window: Duration,
+}
+
+impl Default for AcknowledgementSpec {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            subject: default_ack_subject(),
+            text: default_ack_text(),
+            max_per_sender: default_ack_max(),
+            window: default_loop_window(),
+        }
+    }
+}
+
+fn default_ack_subject() -> String {
+    "Re: {subject}".into()
+}
+fn default_ack_text() -> String {
+    "Thank you for your message \"{subject}\". We have received it and will answer as soon as we can.\n\nThis is an automatic reply.".into()
+}
+fn default_ack_max() -> i32 {
+    3
+}
+
 /// Go duration: `30s`, `2m`, `1h30m`.
 pub(crate) const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 
@@ -212,6 +262,7 @@ fn default_max_message_size() -> String {
 #[x_kube(validation = Rule::new("self.provider != 'Other' || has(self.server)").message("server is required when provider is Other (a preset provider such as Gmail fills it in)").field_path(".server"))]
 #[x_kube(validation = Rule::new("self.provider != 'Microsoft365' || self.auth.type == 'OAuth2'").message("Microsoft 365 has turned Basic authentication off: use auth.type OAuth2").field_path(".auth.type"))]
 #[x_kube(validation = Rule::new("self.auth.type != 'OAuth2' || self.provider != 'Other' || (has(self.auth.oauth2) && has(self.auth.oauth2.tokenUrl))").message("auth.oauth2.tokenUrl is required with provider Other (presets know their token endpoint)").field_path(".auth"))]
+#[x_kube(validation = Rule::new("!self.acknowledgements.enabled || has(self.outgoingServerRef)").message("acknowledgements need outgoingServerRef: name the OutgoingEmailServer that sends them").field_path(".acknowledgements.enabled"))]
 #[x_kube(validation = Rule::new("!has(self.afterProcessing) || self.afterProcessing != 'Move' || has(self.moveTo)").message("moveTo is required when afterProcessing is Move").field_path(".moveTo"))]
 #[x_kube(validation = Rule::new("!has(self.moveTo) || (has(self.afterProcessing) && self.afterProcessing == 'Move')").message("moveTo is only used when afterProcessing is Move").field_path(".moveTo"))]
 #[x_kube(validation = Rule::new("!has(self.moveTo) || self.moveTo != self.mailbox").message("moveTo must differ from mailbox, or moved mail would be fetched again").field_path(".moveTo"))]
@@ -309,6 +360,9 @@ pub struct IncomingEmailServerSpec {
     /// Per-sender rate limit that stops a mail loop the header checks miss.
     #[serde(default)]
     pub loop_protection: LoopProtectionSpec,
+    /// Acknowledgements to the requester of each new ticket (off by default).
+    #[serde(default)]
+    pub acknowledgements: AcknowledgementSpec,
 }
 
 fn default_incoming_security() -> SecurityType {

@@ -71,4 +71,11 @@ impl MailStream {
             Self::Tls(_) => None,
         }
     }
+
+    pub fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        match self {
+            Self::Plain(s) => s.peer_addr(),
+            Self::Tls(s) => s.get_ref().0.peer_addr(),
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! The rustls client configuration: webpki and system roots plus an optional
 //! private CA, SNI override, and (tests only) no verification at all.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
@@ -9,7 +10,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// TLS choices of one server.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TlsOptions {
     /// Extra CA certificates (PEM) to trust besides the public roots.
     pub extra_ca_pem: Option<String>,
@@ -37,8 +38,41 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Builds the client configuration for one server.
+/// Configurations built so far. Sharing one per set of options keeps TLS
+/// session tickets, so reconnecting resumes instead of a full handshake, and
+/// reads the system roots once rather than per connection.
+const CACHED_CONFIGS: usize = 256;
+
+/// webpki's roots and the system's, read once per process.
+fn public_roots() -> &'static RootCertStore {
+    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        // Missing or unreadable system roots are not fatal: webpki's are there.
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        roots
+    })
+}
+
+/// The client configuration for one server's options.
 pub fn client_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, TlsConfigError> {
+    static CACHE: OnceLock<Mutex<HashMap<TlsOptions, Arc<ClientConfig>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(config) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(options) {
+        return Ok(config.clone());
+    }
+    let config = build_config(options)?;
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= CACHED_CONFIGS {
+        cache.clear();
+    }
+    cache.insert(options.clone(), config.clone());
+    Ok(config)
+}
+
+fn build_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, TlsConfigError> {
     let builder =
         ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let config = if options.insecure_skip_verify {
@@ -47,11 +81,7 @@ pub fn client_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, TlsConfi
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
             .with_no_client_auth()
     } else {
-        let mut roots = RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        // Missing or unreadable system roots are not fatal: webpki's are there.
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
+        let mut roots = public_roots().clone();
         if let Some(pem) = &options.extra_ca_pem {
             let mut added = 0;
             for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {

@@ -22,11 +22,48 @@ impl Default for RateLimit {
     }
 }
 
+/// Counts events per key in a sliding window.
+#[derive(Debug, Default)]
+pub struct SlidingLimit {
+    limit: RateLimit,
+    seen: HashMap<String, VecDeque<Instant>>,
+}
+
+impl SlidingLimit {
+    pub fn new(limit: RateLimit) -> Self {
+        Self {
+            limit,
+            seen: HashMap::new(),
+        }
+    }
+
+    pub fn window(&self) -> Duration {
+        self.limit.window
+    }
+
+    /// Counts one event for `key` at `now`; when `key` already had `max` within
+    /// the window, nothing is counted and the number seen is returned.
+    pub fn admit(&mut self, key: &str, now: Instant) -> Result<(), usize> {
+        let window = self.limit.window;
+        let times = self.seen.entry(key.to_owned()).or_default();
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            times.pop_front();
+        }
+        if times.len() >= self.limit.max as usize {
+            return Err(times.len());
+        }
+        times.push_back(now);
+        Ok(())
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct LoopProtection {
     own: HashSet<String>,
-    limit: RateLimit,
-    seen: HashMap<String, VecDeque<Instant>>,
+    limit: SlidingLimit,
 }
 
 impl LoopProtection {
@@ -34,8 +71,7 @@ impl LoopProtection {
     pub fn new(own: &[String], limit: RateLimit) -> Self {
         Self {
             own: own.iter().map(|a| normalize::address(a)).collect(),
-            limit,
-            seen: HashMap::new(),
+            limit: SlidingLimit::new(limit),
         }
     }
 
@@ -90,25 +126,13 @@ impl LoopProtection {
     /// Counts a would-be ticket; refuses it when the sender is over the limit.
     pub fn rate_limit(&mut self, facts: &MessageFacts, now: Instant) -> Option<Verdict> {
         let key = facts.sender_key.as_ref()?;
-        let window = self.limit.window;
-        let times = self.seen.entry(key.clone()).or_default();
-        while times
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= window)
-        {
-            times.pop_front();
-        }
-        if times.len() >= self.limit.max as usize {
-            return Some(Verdict::reject(
-                "loop:rateLimit",
-                format!(
-                    "{key} already opened {} tickets within {:?}: a mail loop is likely",
-                    times.len(),
-                    window
-                ),
-            ));
-        }
-        times.push_back(now);
-        None
+        let seen = self.limit.admit(key, now).err()?;
+        Some(Verdict::reject(
+            "loop:rateLimit",
+            format!(
+                "{key} already opened {seen} tickets within {:?}: a mail loop is likely",
+                self.limit.window()
+            ),
+        ))
     }
 }

@@ -87,6 +87,12 @@ pub struct WorkerStats {
     pub rejections: Mutex<RejectionLog>,
 }
 
+/// Told of every new ticket (not of re-deliveries of an old one): the adapters
+/// hang acknowledgements here.
+pub trait TicketHook: Send + Sync + std::fmt::Debug {
+    fn ticket_created(&self, ticket: &Ticket);
+}
+
 /// Tuning that tests and benchmarks change; the defaults suit production.
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
@@ -96,6 +102,7 @@ pub struct WorkerOptions {
     pub backoff_cap: Duration,
     /// IDLE is re-issued before the server's 29-minute limit.
     pub idle_refresh: Duration,
+    pub on_ticket: Option<Arc<dyn TicketHook>>,
 }
 
 impl Default for WorkerOptions {
@@ -105,6 +112,7 @@ impl Default for WorkerOptions {
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(300),
             idle_refresh: Duration::from_secs(25 * 60),
+            on_ticket: None,
         }
     }
 }
@@ -403,8 +411,14 @@ impl Worker {
                         key: ticket.idempotency_key.clone(),
                         message_id: ticket.message_id.clone(),
                     });
+                    if let Some(hook) = &self.options.on_ticket {
+                        hook.ticket_created(ticket);
+                    }
                     accepted.push(i);
                 }
+                // Taken before (a crash between delivery and marking): mark it
+                // processed now, without a second ticket or acknowledgement.
+                Delivery::Duplicate => accepted.push(i),
                 Delivery::Rejected { reason } => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
                     self.emit(WorkerEvent::TicketRejected {

@@ -51,6 +51,7 @@ impl DirectorySink {
 
     fn deliver_blocking(&self, tickets: &[Ticket]) -> Result<Vec<Delivery>, SinkError> {
         let mut pending = Vec::new();
+        let mut deliveries = Vec::with_capacity(tickets.len());
         for ticket in tickets {
             let target = self.path_of(&ticket.idempotency_key);
             // Re-delivery of a key is a no-op: the first ticket stands.
@@ -59,8 +60,10 @@ impl DirectorySink {
                     .iter()
                     .any(|(_, t): &(PathBuf, PathBuf)| *t == target)
             {
+                deliveries.push(Delivery::Duplicate);
                 continue;
             }
+            deliveries.push(Delivery::Accepted);
             let tmp = self
                 .dir
                 .join(format!(".{}.json.tmp", ticket.idempotency_key));
@@ -82,6 +85,6 @@ impl DirectorySink {
             dir.sync_all()
                 .map_err(|e| unavailable("cannot sync", &self.dir, e))?;
         }
-        Ok(vec![Delivery::Accepted; tickets.len()])
+        Ok(deliveries)
     }
 }

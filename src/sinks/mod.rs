@@ -11,8 +11,10 @@ pub use webhook::WebhookSink;
 /// What became of one ticket of a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Delivery {
-    /// Durably accepted (or accepted before: delivery is idempotent).
+    /// Durably accepted.
     Accepted,
+    /// Accepted before (delivery is idempotent): nothing new was created.
+    Duplicate,
     /// Refused for good (e.g. HTTP 422): recorded, and the mail is left in place.
     Rejected { reason: String },
 }

@@ -35,6 +35,12 @@ pub const DOMAIN: &str = "mailroom.test";
 pub const CLEARTEXT_HOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 /// Mailbox that receives every message addressed outside [`DOMAIN`].
 pub const SINK: &str = "sink@mailroom.test";
+/// Postfix accepts mail for this local part and throws it away.
+pub const DISCARD: &str = "discard";
+/// Postfix refuses any recipient with this local part, for good (550 5.1.1).
+pub const REFUSED: &str = "refused";
+/// Postfix refuses any recipient with this local part for now (450 4.2.1).
+pub const DEFERRED: &str = "deferred";
 /// System user that owns the maildirs: Dovecot refuses uid 0 for mail access.
 const MAIL_USER: &str = "mailroom-test";
 
@@ -362,7 +368,14 @@ impl Stack {
             etc.join("sink"),
             format!("!/@{}$/ {SINK}\n", DOMAIN.replace('.', "\\.")),
         )?;
-        for f in ["main.cf", "master.cf", "sink"] {
+        fs::write(
+            etc.join("refuse"),
+            format!(
+                "/^{REFUSED}@/ 550 5.1.1 Recipient address rejected: mailbox unavailable\n/^{DEFERRED}@/ 450 4.2.1 Recipient address rejected: try again later\n"
+            ),
+        )?;
+        fs::write(etc.join("transport"), format!("/^{DISCARD}@/ discard:\n"))?;
+        for f in ["main.cf", "master.cf", "sink", "refuse", "transport"] {
             backdate(&etc.join(f))?;
         }
         let users = d.join("users").join(DOMAIN);
@@ -694,6 +707,34 @@ impl Stack {
             .filter(|l| !l.is_empty())
             .map(str::to_owned)
             .collect())
+    }
+
+    /// The raw messages in a user's INBOX, oldest first, read from the maildir.
+    pub fn inbox(&self, user: &str) -> Result<Vec<Vec<u8>>, Error> {
+        let (local, domain) = user
+            .split_once('@')
+            .ok_or_else(|| Error::Setup(format!("{user:?} is not an address")))?;
+        let maildir = self
+            .dir
+            .join("mail")
+            .join(domain)
+            .join(local)
+            .join("Maildir");
+        let mut files = Vec::new();
+        for sub in ["new", "cur"] {
+            match fs::read_dir(maildir.join(sub)) {
+                Ok(entries) => {
+                    for e in entries {
+                        files.push(e?.path());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Maildir names start with the delivery time.
+        files.sort_by_key(|p| p.file_name().map(|n| n.to_owned()));
+        files.iter().map(|p| Ok(fs::read(p)?)).collect()
     }
 
     /// Writes messages straight into a user's maildir (`new/`), much faster than

@@ -1,0 +1,384 @@
+//! Outgoing mail: the SMTP client and connection test, message building, the
+//! recipient filter, per-server session pools and the fallback to the
+//! namespace's primary server. Core code: no Kubernetes here.
+
+pub mod ack;
+pub mod message;
+pub mod pool;
+pub mod settings;
+pub mod smtp;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use lettre::Address;
+use serde::Serialize;
+
+use crate::filter::{RejectionLog, RejectionRecord};
+pub use message::{Identity, InvalidMessage, OutgoingMessage, new_message_id};
+use pool::{AttemptError, Pool};
+pub use settings::OutgoingSettings;
+use smtp::{RcptAnswer, TransactionError};
+
+/// Sessions per server at most.
+pub const DEFAULT_POOL_SIZE: usize = 4;
+
+/// Counters of one server, kept across restarts of its configuration.
+#[derive(Debug, Default)]
+pub struct SendStats {
+    /// Messages the server accepted (for at least one recipient).
+    pub sent: AtomicU64,
+    /// Recipients the filter blocked.
+    pub blocked: AtomicU64,
+    /// Attempts that failed: unreachable, refused sign-in, refused message.
+    pub failed: AtomicU64,
+    /// Messages for this server that the primary sent instead.
+    pub failovers: AtomicU64,
+    pub last_sent_at: Mutex<Option<jiff::Timestamp>>,
+    pub rejections: Mutex<RejectionLog>,
+}
+
+/// One OutgoingEmailServer, ready to send.
+#[derive(Debug)]
+pub struct OutgoingServer {
+    pub namespace: String,
+    pub name: String,
+    pub settings: OutgoingSettings,
+    pub stats: Arc<SendStats>,
+    pool: Pool,
+}
+
+impl OutgoingServer {
+    pub fn new(
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+        settings: OutgoingSettings,
+        stats: Arc<SendStats>,
+        pool_size: usize,
+    ) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            settings,
+            stats,
+            pool: Pool::new(pool_size),
+        }
+    }
+
+    fn identity(&self) -> Identity {
+        Identity {
+            email: self.settings.email.clone(),
+            sender_name: self.settings.sender_name.clone(),
+            reply_to: self.settings.reply_to.clone(),
+        }
+    }
+}
+
+/// What became of one recipient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Outcome {
+    /// The server accepted the message for this recipient.
+    Sent,
+    /// The recipient filter blocked it; nothing was sent to it.
+    Blocked,
+    /// The server refused the recipient for good (5xx); no fallback.
+    Refused,
+    /// No server could take it now (unreachable, 4xx); try again later.
+    Deferred,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecipientReport {
+    pub address: String,
+    pub outcome: Outcome,
+    /// The server that took or refused it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The answer to a send request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendReport {
+    pub message_id: String,
+    /// The server asked for (or the primary when none was named).
+    pub server: String,
+    /// Whether the primary sent some or all of it instead.
+    pub failover: bool,
+    pub recipients: Vec<RecipientReport>,
+}
+
+impl SendReport {
+    pub fn count(&self, outcome: Outcome) -> usize {
+        self.recipients
+            .iter()
+            .filter(|r| r.outcome == outcome)
+            .count()
+    }
+}
+
+/// Requests that cannot be tried at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("invalid message: {0}")]
+    Invalid(#[from] InvalidMessage),
+    #[error(
+        "OutgoingEmailServer {namespace}/{name} does not exist (or is not valid); check the name"
+    )]
+    NotFound { namespace: String, name: String },
+    #[error(
+        "namespace {namespace} has no usable primary OutgoingEmailServer; name a server or mark one primary: true"
+    )]
+    NoPrimary { namespace: String },
+}
+
+/// Every OutgoingEmailServer known to this process, by namespace and name.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    servers: RwLock<BTreeMap<(String, String), Arc<OutgoingServer>>>,
+}
+
+struct Attempt {
+    done: Vec<RecipientReport>,
+    /// Recipients no server has taken yet, and why.
+    retry: Vec<(Address, String)>,
+}
+
+impl Outbox {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces a server; sessions of a replaced one close when the
+    /// sends in flight on them finish.
+    pub fn insert(&self, server: OutgoingServer) {
+        let key = (server.namespace.clone(), server.name.clone());
+        self.write().insert(key, Arc::new(server));
+    }
+
+    pub fn remove(&self, namespace: &str, name: &str) {
+        self.write()
+            .remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<OutgoingServer>> {
+        self.read()
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// The namespace's primary server. With two (a conflict status reports),
+    /// the first by name, so that the choice is stable.
+    pub fn primary(&self, namespace: &str) -> Option<Arc<OutgoingServer>> {
+        self.read()
+            .values()
+            .find(|s| s.namespace == namespace && s.settings.primary && s.settings.enabled)
+            .cloned()
+    }
+
+    fn read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, BTreeMap<(String, String), Arc<OutgoingServer>>> {
+        self.servers.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<(String, String), Arc<OutgoingServer>>> {
+        self.servers.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends through `name` (or the primary). Recipients the chosen server
+    /// cannot take now (unreachable, sign-in refused, 4xx) go to the
+    /// namespace's primary; recipients refused for good (5xx) do not.
+    pub async fn send(
+        &self,
+        namespace: &str,
+        name: Option<&str>,
+        message: &OutgoingMessage,
+    ) -> Result<SendReport, SendError> {
+        let recipients = message.validate()?;
+        let primary = self.primary(namespace);
+        let chosen = match name {
+            Some(n) => self.get(namespace, n).ok_or_else(|| SendError::NotFound {
+                namespace: namespace.to_owned(),
+                name: n.to_owned(),
+            })?,
+            None => primary.clone().ok_or_else(|| SendError::NoPrimary {
+                namespace: namespace.to_owned(),
+            })?,
+        };
+        let message_id = new_message_id(&chosen.settings.message_id_domain);
+        let identity = chosen.identity();
+        let first = attempt(&chosen, message, &message_id, &identity, recipients).await?;
+        let mut report = SendReport {
+            message_id: message_id.clone(),
+            server: chosen.name.clone(),
+            failover: false,
+            recipients: first.done,
+        };
+        let fallback = primary.filter(|p| p.name != chosen.name);
+        match fallback {
+            Some(primary) if !first.retry.is_empty() => {
+                chosen.stats.failovers.fetch_add(1, Ordering::Relaxed);
+                report.failover = true;
+                tracing::warn!(
+                    server = %chosen.name, primary = %primary.name, namespace,
+                    "sending through the primary server instead: {}",
+                    first.retry.first().map(|(_, why)| why.as_str()).unwrap_or_default()
+                );
+                // The primary sends as itself (its server may refuse a foreign
+                // From); replies still go where the chosen server's would.
+                let via = Identity {
+                    reply_to: Some(
+                        chosen
+                            .settings
+                            .reply_to
+                            .clone()
+                            .unwrap_or_else(|| chosen.settings.email.clone()),
+                    ),
+                    ..primary.identity()
+                };
+                let rest = first.retry.into_iter().map(|(a, _)| a).collect();
+                let second = attempt(&primary, message, &message_id, &via, rest).await?;
+                report.recipients.extend(second.done);
+                report.recipients.extend(
+                    second
+                        .retry
+                        .into_iter()
+                        .map(|(a, why)| deferred(a, &primary.name, why)),
+                );
+            }
+            _ => report.recipients.extend(
+                first
+                    .retry
+                    .into_iter()
+                    .map(|(a, why)| deferred(a, &chosen.name, why)),
+            ),
+        }
+        Ok(report)
+    }
+}
+
+fn deferred(address: Address, server: &str, why: String) -> RecipientReport {
+    RecipientReport {
+        address: address.to_string(),
+        outcome: Outcome::Deferred,
+        server: Some(server.to_owned()),
+        detail: Some(why),
+    }
+}
+
+/// One server's try: the filter, then the SMTP transaction.
+async fn attempt(
+    server: &OutgoingServer,
+    message: &OutgoingMessage,
+    message_id: &str,
+    identity: &Identity,
+    recipients: Vec<Address>,
+) -> Result<Attempt, SendError> {
+    let mut done = Vec::new();
+    let mut allowed = Vec::new();
+    for rcpt in recipients {
+        let verdict = server
+            .settings
+            .filter
+            .as_ref()
+            .map(|f| f.judge_recipient(rcpt.as_ref()));
+        match verdict {
+            Some(v) if !v.accepted => {
+                server.stats.blocked.fetch_add(1, Ordering::Relaxed);
+                server
+                    .stats
+                    .rejections
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record(RejectionRecord {
+                        at: jiff::Timestamp::now(),
+                        sender: None,
+                        recipient: Some(rcpt.to_string()),
+                        message_id: Some(message_id.to_owned()),
+                        rule: v.rule.clone(),
+                        reason: v.reason.clone(),
+                    });
+                done.push(RecipientReport {
+                    address: rcpt.to_string(),
+                    outcome: Outcome::Blocked,
+                    server: Some(server.name.clone()),
+                    detail: Some(format!("{}: {}", v.rule, v.reason)),
+                });
+            }
+            _ => allowed.push(rcpt),
+        }
+    }
+    if allowed.is_empty() {
+        return Ok(Attempt {
+            done,
+            retry: Vec::new(),
+        });
+    }
+    if !server.settings.enabled {
+        let why = format!("OutgoingEmailServer {} is disabled", server.name);
+        return Ok(Attempt {
+            done,
+            retry: allowed.into_iter().map(|a| (a, why.clone())).collect(),
+        });
+    }
+    let built = message.build(identity, message_id)?;
+    let from: Address = identity.email.parse().map_err(|e| InvalidMessage {
+        field: "email".into(),
+        message: format!("the server's address is not valid: {e}"),
+    })?;
+    let sent = server
+        .pool
+        .send(&server.settings, &from, &allowed, &built.bytes)
+        .await;
+    let mut retry = Vec::new();
+    match sent {
+        Ok(answers) => {
+            if answers.contains(&RcptAnswer::Accepted) {
+                server.stats.sent.fetch_add(1, Ordering::Relaxed);
+                *server
+                    .stats
+                    .last_sent_at
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(jiff::Timestamp::now());
+            }
+            for (rcpt, answer) in allowed.into_iter().zip(answers) {
+                let (outcome, detail) = match answer {
+                    RcptAnswer::Accepted => (Outcome::Sent, None),
+                    RcptAnswer::Refused(why) => (Outcome::Refused, Some(why)),
+                    RcptAnswer::Deferred(why) => {
+                        retry.push((rcpt, why));
+                        continue;
+                    }
+                };
+                done.push(RecipientReport {
+                    address: rcpt.to_string(),
+                    outcome,
+                    server: Some(server.name.clone()),
+                    detail,
+                });
+            }
+        }
+        Err(AttemptError::Transaction(TransactionError::Refused(why))) => {
+            server.stats.failed.fetch_add(1, Ordering::Relaxed);
+            done.extend(allowed.into_iter().map(|rcpt| RecipientReport {
+                address: rcpt.to_string(),
+                outcome: Outcome::Refused,
+                server: Some(server.name.clone()),
+                detail: Some(why.clone()),
+            }));
+        }
+        Err(e) => {
+            server.stats.failed.fetch_add(1, Ordering::Relaxed);
+            let why = e.to_string();
+            retry.extend(allowed.into_iter().map(|a| (a, why.clone())));
+        }
+    }
+    Ok(Attempt { done, retry })
+}
