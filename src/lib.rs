@@ -8,6 +8,7 @@ pub mod filter;
 pub mod incoming;
 pub mod outgoing;
 pub mod sinks;
+pub mod standalone;
 pub mod state;
 pub mod status;
 pub mod submission;

@@ -1,20 +1,76 @@
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use mailroom::api;
+use mailroom::api::validation::ManifestValidator;
+use mailroom::standalone::{self, RunOptions, check, table};
+use mailroom::submission::{DEFAULT_BIND, Tokens};
 
 /// mailroom: mailboxes in, helpdesk tickets out, declared as Kubernetes resources.
 #[derive(Parser)]
 #[command(name = "mailroom", version, about)]
 struct Cli {
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run without a cluster: reconcile the IncomingEmailServers and
+    /// OutgoingEmailServers (and their Secrets) in a folder of manifests, and
+    /// follow its changes.
+    Run {
+        /// Folder of YAML manifests.
+        #[arg(long, value_name = "DIR")]
+        manifests: PathBuf,
+        /// Status files (default DIR/.status).
+        #[arg(long, value_name = "DIR")]
+        status_dir: Option<PathBuf>,
+        /// Ticket files of the directory sink (default DIR/.tickets).
+        #[arg(long, value_name = "DIR")]
+        tickets_dir: Option<PathBuf>,
+        /// Fetch cursors (default DIR/.state).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Address of the submission endpoint.
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_BIND)]
+        listen: SocketAddr,
+        /// Bearer tokens of the submission endpoint, one per line (`TOKEN` or
+        /// `TOKEN ns1,ns2`). Without it (or MAILROOM_SUBMISSION_TOKENS, same
+        /// format) the endpoint stays off.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+    },
+    /// Print the status of a folder run by `mailroom run`, like `kubectl get`.
+    Status {
+        #[arg(long, value_name = "DIR")]
+        manifests: PathBuf,
+        /// Status files (default DIR/.status).
+        #[arg(long, value_name = "DIR")]
+        status_dir: Option<PathBuf>,
+    },
+    /// Test the connection of every server in FILE (the Test Connection button);
+    /// exits 0 only when all pass.
+    TestConnection {
+        /// Manifests with IncomingEmailServers and OutgoingEmailServers.
+        #[arg(short = 'f', long = "file", value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
+        /// Further files with the Secrets (and ConfigMaps) they reference.
+        #[arg(long = "secret-file", value_name = "FILE")]
+        secret_files: Vec<PathBuf>,
+    },
     /// Print the IncomingEmailServer and OutgoingEmailServer CRDs as YAML
     /// (`mailroom crd | kubectl apply -f -`).
     Crd {
@@ -24,11 +80,53 @@ enum Command {
     },
 }
 
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Crd { dir: None } => print_crds(),
         Command::Crd { dir: Some(dir) } => write_crds(&dir),
+        Command::Status {
+            manifests,
+            status_dir,
+        } => print_status(&status_dir.unwrap_or_else(|| manifests.join(".status"))),
+        Command::Run {
+            manifests,
+            status_dir,
+            tickets_dir,
+            state_dir,
+            listen,
+            token_file,
+        } => tokens(token_file.as_deref()).and_then(|tokens| {
+            runtime()?.block_on(async {
+                standalone::run(RunOptions {
+                    manifests,
+                    status: status_dir,
+                    tickets: tickets_dir,
+                    state: state_dir,
+                    listen,
+                    tokens,
+                })
+                .await
+                .map_err(|e| e.to_string())
+            })
+        }),
+        Command::TestConnection {
+            files,
+            secret_files,
+        } => return test_connection(files, secret_files),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -36,6 +134,75 @@ fn main() -> ExitCode {
             eprintln!("mailroom: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// Tokens from `--token-file`, else from MAILROOM_SUBMISSION_TOKENS.
+fn tokens(file: Option<&Path>) -> Result<Option<Tokens>, String> {
+    if let Some(file) = file {
+        return Tokens::from_file(file).map(Some).map_err(|e| e.to_string());
+    }
+    match std::env::var("MAILROOM_SUBMISSION_TOKENS") {
+        Ok(text) => Tokens::parse(&text)
+            .map(Some)
+            .map_err(|e| format!("MAILROOM_SUBMISSION_TOKENS: {e}")),
+        Err(_) => Ok(None),
+    }
+}
+
+fn print_status(dir: &Path) -> Result<(), String> {
+    let rows = table::rows(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    if rows.is_empty() {
+        println!("no resources (is `mailroom run` running on this folder?)");
+    } else {
+        print!("{}", table::render(&rows));
+    }
+    let problems = dir.join("problems.yaml");
+    if let Ok(text) = std::fs::read_to_string(&problems) {
+        println!("\ninvalid manifests, not applied:\n{text}");
+    }
+    Ok(())
+}
+
+fn test_connection(files: Vec<PathBuf>, secret_files: Vec<PathBuf>) -> ExitCode {
+    let validator = match ManifestValidator::new() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("mailroom: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let all: Vec<PathBuf> = files.into_iter().chain(secret_files).collect();
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mailroom: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (snapshot, results) = runtime.block_on(check::check(&all, &validator));
+    let mut ok = snapshot.problems.is_empty() && !results.is_empty();
+    for p in &snapshot.problems {
+        println!("✗ {p}");
+    }
+    if results.is_empty() {
+        println!("no IncomingEmailServer or OutgoingEmailServer found");
+    }
+    for r in &results {
+        print!("{}", check::render(r));
+        ok &= r.passed();
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -184,3 +184,39 @@ fn unknown_kinds_are_named() {
     assert!(matches!(err, ValidationError::UnknownKind { .. }));
     assert!(err.to_string().contains("ConfigMap"), "{err}");
 }
+
+#[test]
+fn the_local_example_folder_loads_without_problems() {
+    use mailroom::config::SecretSource;
+    use mailroom::standalone::manifests::load_dir;
+    let validator = ManifestValidator::new().unwrap();
+    let snapshot = load_dir(&root().join("examples/local"), &validator).unwrap();
+    assert!(snapshot.problems.is_empty(), "{:?}", snapshot.problems);
+    assert_eq!((snapshot.incoming.len(), snapshot.outgoing.len()), (1, 1));
+    let secrets = snapshot.secrets_in("helpdesk");
+    for i in snapshot.incoming.values() {
+        let r = i.object.spec.auth.password_secret_ref.as_ref().unwrap();
+        assert!(secrets.get(&r.name, &r.key).is_ok(), "{r:?}");
+        // The CA Secret is written by scripts/mail-servers start.
+        let ca = i
+            .object
+            .spec
+            .tls
+            .as_ref()
+            .unwrap()
+            .ca_secret_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(ca.name, "local-mail-ca");
+    }
+    for o in snapshot.outgoing.values() {
+        let r = o
+            .object
+            .spec
+            .authentication
+            .password_secret_ref
+            .as_ref()
+            .unwrap();
+        assert!(secrets.get(&r.name, &r.key).is_ok(), "{r:?}");
+    }
+}

@@ -118,6 +118,7 @@ impl Default for WorkerOptions {
 }
 
 /// A running worker.
+#[derive(Debug)]
 pub struct WorkerHandle {
     shutdown: watch::Sender<bool>,
     join: JoinHandle<()>,

@@ -4,6 +4,12 @@
 pub mod directory;
 pub mod webhook;
 
+use std::path::Path;
+
+use crate::api::SinkSpec;
+use crate::config::SecretSource;
+use crate::config::server::secret_text;
+use crate::connection::{Failure, Reason, TlsOptions};
 use crate::ticket::Ticket;
 pub use directory::DirectorySink;
 pub use webhook::WebhookSink;
@@ -35,6 +41,38 @@ pub enum Sink {
 }
 
 impl Sink {
+    /// The sink a resource names, or a directory at `default_dir` when it names
+    /// none. The webhook's signing key is read from `secrets`.
+    pub fn from_spec(
+        spec: Option<&SinkSpec>,
+        default_dir: &Path,
+        secrets: &dyn SecretSource,
+    ) -> Result<Self, Failure> {
+        let setup = |e: SinkError| Failure::new(Reason::ProtocolError, e.to_string());
+        match spec {
+            Some(SinkSpec {
+                webhook: Some(w), ..
+            }) => {
+                let key = w
+                    .signing_secret_ref
+                    .as_ref()
+                    .map(|r| secret_text(secrets, r).map(String::into_bytes))
+                    .transpose()?;
+                WebhookSink::new(&w.url, key, w.timeout.into(), &TlsOptions::default())
+                    .map(Self::Webhook)
+                    .map_err(setup)
+            }
+            Some(SinkSpec {
+                directory: Some(d), ..
+            }) => DirectorySink::open(&d.path)
+                .map(Self::Directory)
+                .map_err(setup),
+            _ => DirectorySink::open(default_dir)
+                .map(Self::Directory)
+                .map_err(setup),
+        }
+    }
+
     /// Delivers a batch; one `Delivery` per ticket, in order. An error means
     /// nothing of the batch may be taken as delivered.
     pub async fn deliver(&self, tickets: &[Ticket]) -> Result<Vec<Delivery>, SinkError> {

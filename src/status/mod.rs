@@ -1,13 +1,51 @@
 //! Status computation shared by the controller and standalone mode: core
 //! records in, the resource's status pieces out.
 
+pub mod conditions;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::api::{DryRunReport, Rejection};
+use crate::api::{DryRunReport, IncomingStats, OutgoingStats, Rejection};
 use crate::filter::RejectionLog;
 use crate::incoming::worker::WorkerStats;
+use crate::outgoing::SendStats;
+pub use conditions::{Health, conditions, connection_status, health_of};
+
+fn count(c: &AtomicU64) -> i64 {
+    i64::try_from(c.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
+}
+
+/// `stats` of an IncomingEmailServer.
+pub fn incoming_stats(stats: &WorkerStats) -> IncomingStats {
+    IncomingStats {
+        fetched: count(&stats.fetched),
+        tickets_created: count(&stats.tickets_created),
+        rejected: count(&stats.rejected),
+        failed: count(&stats.failed),
+        last_fetch_at: stats
+            .last_fetch_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(Time),
+    }
+}
+
+/// `stats` of an OutgoingEmailServer.
+pub fn outgoing_stats(stats: &SendStats) -> OutgoingStats {
+    OutgoingStats {
+        sent: count(&stats.sent),
+        blocked: count(&stats.blocked),
+        failed: count(&stats.failed),
+        failovers: count(&stats.failovers),
+        last_sent_at: stats
+            .last_sent_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(Time),
+    }
+}
 
 /// Condition type for rejected mail or recipients.
 pub const FILTER_REJECTING: &str = "FilterRejecting";
@@ -57,9 +95,6 @@ pub fn filter_rejecting(
 /// The DryRun summary from a worker's counters: in DryRun nothing is delivered,
 /// so what was neither rejected nor quarantined would have become a ticket.
 pub fn dry_run_report(stats: &WorkerStats) -> DryRunReport {
-    let count = |c: &std::sync::atomic::AtomicU64| {
-        i64::try_from(c.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
-    };
     let judged = count(&stats.fetched);
     let would_reject = count(&stats.rejected);
     let would_quarantine = count(&stats.failed);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use testbed::{Options, Ports, Stack};
 
-const USAGE: &str = "usage: testbed up --dir DIR [--base-port N] [--user ADDRESS:PASSWORD]...";
+const USAGE: &str = "usage: testbed up --dir DIR [--base-port N] [--user ADDRESS:PASSWORD]... [--deliver ADDRESS:FILE]...";
 
 fn main() -> ExitCode {
     match run() {
@@ -26,6 +26,7 @@ fn run() -> Result<(), String> {
     let mut dir = None;
     let mut base = None;
     let mut users = Vec::new();
+    let mut deliveries = Vec::new();
     while let Some(arg) = args.next() {
         let mut value = || {
             args.next()
@@ -47,6 +48,13 @@ fn run() -> Result<(), String> {
                     .ok_or_else(|| format!("--user {v}: expected ADDRESS:PASSWORD"))?;
                 users.push((address.to_owned(), password.to_owned()));
             }
+            "--deliver" => {
+                let v = value()?;
+                let (address, file) = v
+                    .split_once(':')
+                    .ok_or_else(|| format!("--deliver {v}: expected ADDRESS:FILE"))?;
+                deliveries.push((address.to_owned(), PathBuf::from(file)));
+            }
             _ => return Err(format!("unknown argument {arg}; {USAGE}")),
         }
     }
@@ -60,6 +68,12 @@ fn run() -> Result<(), String> {
         stack
             .add_user(address, password)
             .map_err(|e| e.to_string())?;
+    }
+    for (address, file) in &deliveries {
+        let raw = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        stack
+            .deliver(address, &[raw])
+            .map_err(|e| format!("delivering {} to {address}: {e}", file.display()))?;
     }
     let p = stack.ports();
     let env = format!(

@@ -1,0 +1,616 @@
+//! End to end: the real `mailroom` binary in standalone mode on a folder of
+//! manifests, against the real Dovecot and Postfix. Mail goes in through the
+//! submission endpoint and comes out as ticket files; status files tell the
+//! truth; the folder is watched; SIGTERM stops cleanly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use testbed::{Stack, User};
+
+const NS: &str = "helpdesk";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn ca_secret(stack: &Stack) -> String {
+    let pem: String = stack
+        .ca_pem()
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: ca, namespace: {NS}}}\nstringData:\n  ca.crt: |\n{pem}"
+    )
+}
+
+fn password_secret(name: &str, password: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {NS}}}\nstringData: {{password: {password}}}\n"
+    )
+}
+
+fn incoming(name: &str, user: &User, port: u16, secret: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: mailroom.dev/v1alpha1
+kind: IncomingEmailServer
+metadata: {{name: {name}, namespace: {NS}}}
+spec:
+  email: {email}
+  provider: Other
+  server: 127.0.0.1
+  port: {port}
+  securityType: SSL
+  auth: {{passwordSecretRef: {{name: {secret}, key: password}}}}
+  tls: {{caSecretRef: {{name: ca, key: ca.crt}}}}
+{extra}"#,
+        email = user.address
+    )
+}
+
+fn outgoing(name: &str, user: &User, port: u16, secret: &str) -> String {
+    format!(
+        r#"apiVersion: mailroom.dev/v1alpha1
+kind: OutgoingEmailServer
+metadata: {{name: {name}, namespace: {NS}}}
+spec:
+  email: {email}
+  senderName: Helpdesk
+  provider: Other
+  server: 127.0.0.1
+  port: {port}
+  securityType: TLS
+  primary: true
+  authentication: {{passwordSecretRef: {{name: {secret}, key: password}}}}
+  tls: {{caSecretRef: {{name: ca, key: ca.crt}}}}
+"#,
+        email = user.address
+    )
+}
+
+/// Writes a file whole, as an editor saving it would (new content, then rename).
+fn put(dir: &Path, file: &str, text: &str) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(file)).unwrap();
+}
+
+struct Mailroom {
+    child: Child,
+    dir: PathBuf,
+    log: PathBuf,
+    listen: u16,
+}
+
+impl Mailroom {
+    fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str]) -> Self {
+        let listen = free_port();
+        let tokens = dir.join("tokens.txt");
+        std::fs::write(&tokens, "e2e-token\n").unwrap();
+        let log = dir.join(format!("mailroom-{listen}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_mailroom"))
+            .args(["run", "--manifests"])
+            .arg(dir)
+            .args(["--listen", &format!("127.0.0.1:{listen}"), "--token-file"])
+            .arg(&tokens)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            dir: dir.to_owned(),
+            log,
+            listen,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn status(&self, kind: &str, name: &str) -> Option<Value> {
+        let path = self
+            .dir
+            .join(".status")
+            .join(kind)
+            .join(NS)
+            .join(format!("{name}.yaml"));
+        let text = std::fs::read_to_string(path).ok()?;
+        serde_yaml::from_str(&text).ok()
+    }
+
+    /// Waits until `check` holds for the resource's status document.
+    fn wait(&self, kind: &str, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.status(kind, name)
+                && check(&s)
+            {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{kind} {name}: {what} never happened; status {:?}\nlog:\n{}",
+                self.status(kind, name),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn tickets(&self) -> Vec<Value> {
+        std::fs::read_dir(self.dir.join(".tickets"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn wait_tickets(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let t = self.tickets();
+            if t.len() >= n {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} tickets\nlog:\n{}",
+                t.len(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM; returns the exit code.
+    fn terminate(mut self) -> Option<i32> {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit after SIGTERM\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Mailroom {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
+    status["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+fn is(status: &Value, type_: &str, value: &str) -> bool {
+    condition(status, type_).is_some_and(|c| c["status"] == value)
+}
+
+fn ready(s: &Value) -> bool {
+    is(s, "Ready", "True")
+}
+
+/// A blocking HTTP POST with a bearer token; returns status and body.
+fn post(port: u16, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer e2e-token\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    (
+        status,
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+fn setup(stack: &Stack, dir: &Path, mailbox: &User, sender: &User, filter: &str) {
+    put(dir, "ca.yaml", &ca_secret(stack));
+    put(
+        dir,
+        "secrets.yaml",
+        &format!(
+            "{}---\n{}",
+            password_secret("mailbox", &mailbox.password),
+            password_secret("sender", &sender.password)
+        ),
+    );
+    put(
+        dir,
+        "incoming.yaml",
+        &incoming("support", mailbox, stack.ports().imaps, "mailbox", filter),
+    );
+    put(
+        dir,
+        "outgoing.yaml",
+        &outgoing("helpdesk", sender, stack.ports().submission, "sender"),
+    );
+}
+
+#[test]
+fn mail_through_the_endpoint_becomes_a_ticket_ignored_mail_a_rejection_and_a_restart_no_duplicate()
+{
+    let stack = Stack::shared();
+    let mailbox = stack.create_user("e2e-box").unwrap();
+    let sender = stack.create_user("e2e-sender").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    setup(
+        stack,
+        dir.path(),
+        &mailbox,
+        &sender,
+        "  filter: {type: Ignore, domains: [ignored.test]}\n",
+    );
+    // An application team's sender in its own namespace: mail from a sender of
+    // the mailbox's own namespace would be taken for a loop.
+    let apps = [
+        ca_secret(stack),
+        password_secret("sender", &sender.password),
+        outgoing("notifier", &sender, stack.ports().submission, "sender"),
+    ]
+    .join("---\n")
+    .replace(&format!("namespace: {NS}}}"), "namespace: apps}");
+    put(dir.path(), "outgoing.yaml", &apps);
+    let mailroom = Mailroom::start(dir.path());
+    mailroom.wait("incomingemailserver", "support", "Ready", ready);
+
+    let body = serde_json::json!({
+        "to": [mailbox.address],
+        "subject": "Printer on fire [#77]",
+        "text": "It is really on fire.",
+    })
+    .to_string();
+    let (status, answer) = post(mailroom.listen, "/v1/namespaces/apps/messages", &body);
+    assert_eq!(status, 200, "{answer}");
+    let tickets = mailroom.wait_tickets(1);
+    let t = &tickets[0];
+    assert_eq!(t["subject"], "Printer on fire [#77]");
+    assert_eq!(t["from"]["address"], sender.address.as_str());
+    assert_eq!(t["from"]["name"], "Helpdesk");
+    assert_eq!(t["mailbox"], format!("{NS}/support"));
+    assert_eq!(t["ticketReference"], "77");
+    assert!(t["text"].as_str().unwrap().contains("really on fire"));
+
+    stack
+        .deliver(
+            &mailbox.address,
+            &["From: Spammer <win@ignored.test>\r\nTo: x@mailroom.test\r\nSubject: prize\r\nMessage-ID: <prize@ignored.test>\r\n\r\nclick\r\n"],
+        )
+        .unwrap();
+    let s = mailroom.wait(
+        "incomingemailserver",
+        "support",
+        "a recorded rejection",
+        |s| s["status"]["recentRejections"][0]["sender"] == "win@ignored.test",
+    );
+    assert!(is(&s, "FilterRejecting", "True"), "{s:#?}");
+    assert_eq!(s["status"]["recentRejections"][0]["rule"], "domains[0]");
+    assert_eq!(mailroom.tickets().len(), 1, "the ignored mail is no ticket");
+
+    let table = Command::new(env!("CARGO_BIN_EXE_mailroom"))
+        .args(["status", "--manifests"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("support") && table.contains("IncomingEmailServer"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("support") && l.contains("True") && l.ends_with('1')),
+        "{table}"
+    );
+
+    let log = mailroom.log.clone();
+    assert_eq!(
+        mailroom.terminate(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert!(std::fs::read_to_string(&log).unwrap().contains("stopped"));
+
+    // Restarted on the same folder: the cursor is where it was; nothing twice.
+    let again = Mailroom::start(dir.path());
+    again.wait(
+        "incomingemailserver",
+        "support",
+        "Ready after restart",
+        |s| ready(s) && s["status"]["stats"]["fetched"].as_i64().is_some(),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        again.tickets().len(),
+        1,
+        "no duplicate ticket after a restart"
+    );
+    assert!(!mailroom_secret_leaked(
+        dir.path(),
+        &[&mailbox.password, &sender.password]
+    ));
+}
+
+/// Whether any status file or log holds one of the passwords.
+fn mailroom_secret_leaked(dir: &Path, secrets: &[&str]) -> bool {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.join(".status")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                files.push(e.path());
+            }
+        }
+    }
+    files.extend(
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log")),
+    );
+    files.iter().any(|f| {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        secrets.iter().any(|s| text.contains(s))
+    })
+}
+
+#[test]
+fn a_wrong_password_stalls_within_seconds_and_the_fix_brings_the_waiting_mail_in() {
+    let stack = Stack::shared();
+    let mailbox = stack.create_user("e2e-pw").unwrap();
+    let sender = stack.create_user("e2e-pw-sender").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    setup(stack, dir.path(), &mailbox, &sender, "");
+    let mailroom = Mailroom::start(dir.path());
+    mailroom.wait("incomingemailserver", "support", "Ready", ready);
+
+    let changed = Instant::now();
+    put(
+        dir.path(),
+        "secrets.yaml",
+        &format!(
+            "{}---\n{}",
+            password_secret("mailbox", "wrongwrongwrongw"),
+            password_secret("sender", &sender.password)
+        ),
+    );
+    let s = mailroom.wait(
+        "incomingemailserver",
+        "support",
+        "AuthenticationFailed",
+        |s| {
+            condition(s, "ConnectionVerified")
+                .is_some_and(|c| c["reason"] == "AuthenticationFailed")
+        },
+    );
+    let took = changed.elapsed();
+    assert!(is(&s, "Stalled", "True"), "{s:#?}");
+    assert!(is(&s, "Ready", "False"));
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    eprintln!("wrong password to Stalled status: {} ms", took.as_millis());
+
+    // Mail arriving meanwhile waits on the server.
+    stack
+        .deliver(
+            &mailbox.address,
+            &["From: Ann <ann@customer.example>\r\nTo: x@mailroom.test\r\nSubject: while broken\r\nMessage-ID: <broken@customer.example>\r\n\r\nhello\r\n"],
+        )
+        .unwrap();
+    put(
+        dir.path(),
+        "secrets.yaml",
+        &format!(
+            "{}---\n{}",
+            password_secret("mailbox", &mailbox.password),
+            password_secret("sender", &sender.password)
+        ),
+    );
+    let s = mailroom.wait("incomingemailserver", "support", "Ready again", ready);
+    assert!(
+        condition(&s, "Stalled").is_none(),
+        "Stalled is gone once fixed: {s:#?}"
+    );
+    let tickets = mailroom.wait_tickets(1);
+    assert_eq!(tickets[0]["subject"], "while broken");
+}
+
+#[test]
+fn an_invalid_manifest_is_reported_the_rest_runs_and_a_removed_one_stops() {
+    let stack = Stack::shared();
+    let first = stack.create_user("e2e-first").unwrap();
+    let second = stack.create_user("e2e-second").unwrap();
+    let sender = stack.create_user("e2e-inv-sender").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    setup(stack, dir.path(), &first, &sender, "");
+    put(
+        dir.path(),
+        "second.yaml",
+        &format!(
+            "{}---\n{}",
+            password_secret("second", &second.password),
+            incoming("second", &second, stack.ports().imaps, "second", "")
+        ),
+    );
+    put(
+        dir.path(),
+        "broken.yaml",
+        &incoming("broken", &second, stack.ports().imaps, "second", "")
+            .replace(&format!("port: {}", stack.ports().imaps), "port: 99999"),
+    );
+    put(
+        dir.path(),
+        "other.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n",
+    );
+    let mailroom = Mailroom::start(dir.path());
+    mailroom.wait("incomingemailserver", "support", "Ready", ready);
+    mailroom.wait("incomingemailserver", "second", "Ready", ready);
+    let problems = std::fs::read_to_string(dir.path().join(".status/problems.yaml")).unwrap();
+    assert!(
+        problems.contains("broken.yaml") && problems.contains("spec.port"),
+        "{problems}"
+    );
+    assert!(mailroom.status("incomingemailserver", "broken").is_none());
+    let log = mailroom.log();
+    assert!(log.contains("broken.yaml (document 1): spec.port"), "{log}");
+    assert!(log.contains("ignoring apps/v1/Deployment"), "{log}");
+
+    std::fs::remove_file(dir.path().join("second.yaml")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mailroom.status("incomingemailserver", "second").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "second never stopped\n{}",
+            mailroom.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = mailroom.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("removed; its worker stopped") && l.contains("helpdesk/second")),
+        "{log}"
+    );
+    let started = |name: &str| {
+        log.lines()
+            .filter(|l| l.contains("worker started") && l.contains(&format!("helpdesk/{name}")))
+            .count()
+    };
+    assert_eq!(
+        started("support"),
+        1,
+        "an unchanged resource keeps its worker: {log}"
+    );
+
+    // The first keeps running.
+    stack
+        .deliver(
+            &first.address,
+            &["From: Ann <ann@customer.example>\r\nTo: x@mailroom.test\r\nSubject: still here\r\nMessage-ID: <still@customer.example>\r\n\r\nhello\r\n"],
+        )
+        .unwrap();
+    assert_eq!(mailroom.wait_tickets(1)[0]["subject"], "still here");
+}
+
+#[test]
+fn test_connection_exits_0_when_all_pass_and_1_naming_the_failed_stage() {
+    let stack = Stack::shared();
+    let mailbox = stack.create_user("e2e-tc").unwrap();
+    let sender = stack.create_user("e2e-tc-sender").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    setup(stack, dir.path(), &mailbox, &sender, "");
+    let run = |files: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailroom"));
+        cmd.arg("test-connection");
+        for f in files {
+            cmd.arg(f).current_dir(dir.path());
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(&[
+        "-f",
+        "incoming.yaml",
+        "-f",
+        "outgoing.yaml",
+        "--secret-file",
+        "secrets.yaml",
+        "--secret-file",
+        "ca.yaml",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("✓ Login") && out.contains("✓ Mailbox") && out.contains("result: Connected"),
+        "{out}"
+    );
+    assert!(out.contains("expires"), "certificate expiry shown: {out}");
+
+    put(
+        dir.path(),
+        "bad.yaml",
+        &password_secret("mailbox", "wrongwrongwrongw"),
+    );
+    let (code, out) = run(&[
+        "-f",
+        "incoming.yaml",
+        "--secret-file",
+        "bad.yaml",
+        "--secret-file",
+        "ca.yaml",
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("✗ Login") && out.contains("AuthenticationFailed"),
+        "{out}"
+    );
+    assert!(!out.contains(&mailbox.password));
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mailroom = Mailroom::start_with(dir.path(), &["--log-format", "json"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mailroom.log().contains("watching the folder") {
+        assert!(Instant::now() < deadline, "{}", mailroom.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = mailroom.log.clone();
+    assert_eq!(mailroom.terminate(), Some(0));
+    let text = std::fs::read_to_string(log).unwrap();
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+}
