@@ -496,9 +496,7 @@ impl Supervisor {
                                 &spec.acknowledgements,
                             )));
                         }
-                        let store = Arc::new(FileCursorStore::new(
-                            self.paths.state.join(&key.0).join(&key.1),
-                        ));
+                        let store = Arc::new(FileCursorStore::new(&self.paths.state));
                         let (tx, rx) = mpsc::unbounded_channel();
                         let worker = Worker::spawn(settings, Arc::new(sink), store, tx, options);
                         entry.stats = Some(worker.stats.clone());
