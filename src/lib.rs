@@ -7,6 +7,7 @@ pub mod connection;
 pub mod filter;
 pub mod incoming;
 pub mod outgoing;
+pub mod runtime;
 pub mod sinks;
 pub mod standalone;
 pub mod state;

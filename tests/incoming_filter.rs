@@ -172,7 +172,7 @@ async fn dry_run_reports_every_verdict_and_touches_nothing_then_active_applies_t
         "DryRun created tickets"
     );
     assert_eq!(
-        store.load("helpdesk/support").unwrap(),
+        store.load("helpdesk/support").await.unwrap(),
         None,
         "DryRun wrote the cursor"
     );

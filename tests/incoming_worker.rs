@@ -346,9 +346,9 @@ async fn a_uidvalidity_change_neither_loses_nor_floods() {
     process_with(&s, &store, out.path(), 3).await;
 
     // The server renumbers the mailbox: the stored UIDVALIDITY no longer matches.
-    let mut cursor = store.load("helpdesk/support").unwrap().unwrap();
+    let mut cursor = store.load("helpdesk/support").await.unwrap().unwrap();
     cursor.imap.as_mut().unwrap().uid_validity ^= 0x5a5a;
-    store.save("helpdesk/support", &cursor).unwrap();
+    store.save("helpdesk/support", &cursor).await.unwrap();
     stack.deliver(&user.address, &[message(9)]).unwrap();
 
     let run = start(s, dir_sink(&out.path().join("t")), store.clone(), fast());
@@ -651,6 +651,7 @@ async fn first_start_takes_unseen_mail_and_never_read_mail_later() {
     assert_eq!(
         store
             .load("helpdesk/support")
+            .await
             .unwrap()
             .unwrap()
             .imap

@@ -353,7 +353,11 @@ fn mail_through_the_endpoint_becomes_a_ticket_ignored_mail_a_rejection_and_a_res
     );
     assert!(std::fs::read_to_string(&log).unwrap().contains("stopped"));
     let cursor = dir.path().join(".state").join(NS).join("support.json");
-    assert!(cursor.exists(), "the cursor was saved at {}", cursor.display());
+    assert!(
+        cursor.exists(),
+        "the cursor was saved at {}",
+        cursor.display()
+    );
 
     // Restarted on the same folder: the cursor is where it was; nothing twice.
     let again = Mailroom::start(dir.path());

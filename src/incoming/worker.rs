@@ -327,30 +327,32 @@ impl Worker {
         self.settings.mode == Mode::DryRun
     }
 
-    fn load_cursor(&self) -> Result<Cursor, SessionEnd> {
+    async fn load_cursor(&self) -> Result<Cursor, SessionEnd> {
         if self.dry_run() {
             return Ok(self.dry_cursor.clone().unwrap_or_default());
         }
         self.store
             .load(&self.key)
+            .await
             .map(Option::unwrap_or_default)
             .map_err(|e| SessionEnd::Lost(Failure::new(Reason::ProtocolError, e.to_string())))
     }
 
-    fn save_cursor(&mut self, cursor: &Cursor) -> Result<(), SessionEnd> {
+    async fn save_cursor(&mut self, cursor: &Cursor) -> Result<(), SessionEnd> {
         if self.dry_run() {
             self.dry_cursor = Some(cursor.clone());
             return Ok(());
         }
         self.store
             .save(&self.key, cursor)
+            .await
             .map_err(|e| SessionEnd::Lost(Failure::new(Reason::ProtocolError, e.to_string())))?;
         self.emit(WorkerEvent::CursorAdvanced(cursor.clone()));
         Ok(())
     }
 
     /// Moves the IMAP cursor to at least `uid` and saves it.
-    fn advance(
+    async fn advance(
         &mut self,
         cursor: &mut Cursor,
         uid_validity: u32,
@@ -363,7 +365,7 @@ impl Worker {
             uid_validity,
             last_uid: newest,
         });
-        self.save_cursor(cursor)
+        self.save_cursor(cursor).await
     }
 
     fn mark_fetched(&self, count: usize) {
@@ -519,7 +521,7 @@ impl Worker {
 
         let uid_validity = selected.uid_validity.unwrap_or(0);
         let uid_next = selected.uid_next.unwrap_or(1);
-        let mut cursor = self.load_cursor()?;
+        let mut cursor = self.load_cursor().await?;
         // First start, or the server renumbered the mailbox (UIDVALIDITY changed):
         // what was processed can no longer be told by UID, so take what
         // afterProcessing has not touched (unseen mail, or everything left when
@@ -584,7 +586,8 @@ impl Worker {
                     let newest = previous.newest;
                     self.complete_chunk(&mut session, previous, &caps, &mut created_folders)
                         .await?;
-                    self.advance(&mut cursor, uid_validity, &mut last_uid, newest)?;
+                    self.advance(&mut cursor, uid_validity, &mut last_uid, newest)
+                        .await?;
                 }
                 if last {
                     break;
@@ -603,7 +606,8 @@ impl Worker {
                     uid_validity,
                     &mut last_uid,
                     uid_next.saturating_sub(1),
-                )?;
+                )
+                .await?;
             }
             if self.stopping() {
                 let _ = within(io, "logging out", async {
@@ -948,7 +952,7 @@ impl Worker {
             reason: "POP3 has no IDLE".into(),
         }));
 
-        let mut cursor = self.load_cursor()?;
+        let mut cursor = self.load_cursor().await?;
         let uidl = pop.uidl().await.map_err(SessionEnd::Lost)?;
         let sizes: std::collections::HashMap<u32, u64> = pop
             .list()
@@ -1008,7 +1012,7 @@ impl Worker {
             cursor
                 .pop3_seen
                 .extend(chunk.iter().map(|(_, uid)| uid.clone()));
-            self.save_cursor(&cursor)?;
+            self.save_cursor(&cursor).await?;
         }
         // QUIT commits the deletions.
         pop.quit().await.map_err(SessionEnd::Lost)?;

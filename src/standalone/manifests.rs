@@ -49,8 +49,7 @@ pub struct Loaded<T> {
     pub file: PathBuf,
 }
 
-/// Key/value data of a Secret or ConfigMap.
-pub type Data = BTreeMap<String, Vec<u8>>;
+pub use crate::runtime::Data;
 
 /// Everything read from the folder at one moment.
 #[derive(Clone, Debug, Default)]

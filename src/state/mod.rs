@@ -37,10 +37,15 @@ pub enum StateError {
     Write { path: String, message: String },
 }
 
-/// Where cursors are kept, by key (`namespace/name`).
+/// What a store's operations return: the cluster store talks to the API server.
+pub type StoreFuture<'a, T> =
+    std::pin::Pin<Box<dyn Future<Output = Result<T, StateError>> + Send + 'a>>;
+
+/// Where cursors are kept, by key (`namespace/name`). A save returns once the
+/// cursor is durable.
 pub trait CursorStore: Send + Sync {
-    fn load(&self, key: &str) -> Result<Option<Cursor>, StateError>;
-    fn save(&self, key: &str, cursor: &Cursor) -> Result<(), StateError>;
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Cursor>>;
+    fn save<'a>(&'a self, key: &'a str, cursor: &'a Cursor) -> StoreFuture<'a, ()>;
 }
 
 /// Cursors as JSON files `DIR/<namespace>/<name>.json`, replaced atomically.
@@ -71,7 +76,17 @@ impl FileCursorStore {
 }
 
 impl CursorStore for FileCursorStore {
-    fn load(&self, key: &str) -> Result<Option<Cursor>, StateError> {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Cursor>> {
+        Box::pin(async move { self.read(key) })
+    }
+
+    fn save<'a>(&'a self, key: &'a str, cursor: &'a Cursor) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.write(key, cursor) })
+    }
+}
+
+impl FileCursorStore {
+    fn read(&self, key: &str) -> Result<Option<Cursor>, StateError> {
         let path = self.path(key);
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
@@ -88,7 +103,7 @@ impl CursorStore for FileCursorStore {
         }
     }
 
-    fn save(&self, key: &str, cursor: &Cursor) -> Result<(), StateError> {
+    fn write(&self, key: &str, cursor: &Cursor) -> Result<(), StateError> {
         let path = self.path(key);
         let err = |e: &dyn std::fmt::Display| StateError::Write {
             path: path.display().to_string(),
@@ -110,11 +125,11 @@ impl CursorStore for FileCursorStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn cursors_round_trip_and_missing_is_none() {
+    #[tokio::test]
+    async fn cursors_round_trip_and_missing_is_none() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileCursorStore::new(dir.path());
-        assert_eq!(store.load("helpdesk/support").unwrap(), None);
+        assert_eq!(store.load("helpdesk/support").await.unwrap(), None);
         let cursor = Cursor {
             imap: Some(ImapCursor {
                 uid_validity: 7,
@@ -122,17 +137,20 @@ mod tests {
             }),
             pop3_seen: ["a".to_owned()].into(),
         };
-        store.save("helpdesk/support", &cursor).unwrap();
-        assert_eq!(store.load("helpdesk/support").unwrap(), Some(cursor));
+        store.save("helpdesk/support", &cursor).await.unwrap();
+        assert_eq!(store.load("helpdesk/support").await.unwrap(), Some(cursor));
         assert!(dir.path().join("helpdesk/support.json").exists());
     }
 
-    #[test]
-    fn a_corrupt_cursor_is_an_error_naming_the_file() {
+    #[tokio::test]
+    async fn a_corrupt_cursor_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("ns")).unwrap();
         std::fs::write(dir.path().join("ns/x.json"), b"{oops").unwrap();
-        let err = FileCursorStore::new(dir.path()).load("ns/x").unwrap_err();
+        let err = FileCursorStore::new(dir.path())
+            .load("ns/x")
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("ns/x.json"), "{err}");
     }
 }

@@ -1,0 +1,137 @@
+//! A running OutgoingEmailServer: registered in the Outbox for sending, its
+//! connection tested.
+
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use tokio::task::JoinHandle;
+
+use super::{OnChange, Shared, username};
+use crate::api::{EffectiveSettings, OutgoingEmailServerSpec, OutgoingEmailServerStatus};
+use crate::config::SecretSource;
+use crate::connection::Reason;
+use crate::outgoing::{DEFAULT_POOL_SIZE, Outbox, OutgoingServer, OutgoingSettings, SendStats};
+use crate::status::{self, Health};
+
+#[derive(Debug)]
+pub struct OutgoingRuntime {
+    pub shared: Shared,
+    pub stats: Arc<SendStats>,
+    test: Option<JoinHandle<()>>,
+    effective: Option<EffectiveSettings>,
+}
+
+impl OutgoingRuntime {
+    /// Resolves, registers the server in `outbox` (replacing an older one) and
+    /// starts its connection test. `stats` carry over from an older runtime.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        namespace: &str,
+        name: &str,
+        spec: &OutgoingEmailServerSpec,
+        secrets: &dyn SecretSource,
+        config_maps: &dyn SecretSource,
+        outbox: &Outbox,
+        stats: Arc<SendStats>,
+        on_change: Option<OnChange>,
+    ) -> Self {
+        let resource = format!("OutgoingEmailServer {namespace}/{name}");
+        let shared = Shared::new(Health::Connecting, on_change);
+        let mut runtime = Self {
+            shared,
+            stats,
+            test: None,
+            effective: None,
+        };
+        let settings = match OutgoingSettings::resolve(spec, secrets, config_maps) {
+            Ok(s) => s,
+            Err(f) => {
+                tracing::warn!(resource = %resource, reason = %f.reason, "{}", f.message);
+                outbox.remove(namespace, name);
+                runtime.shared.update(|l| l.health = Health::Failing(f));
+                return runtime;
+            }
+        };
+        runtime.effective = Some(EffectiveSettings {
+            server: settings.endpoint.host.clone(),
+            port: i32::from(settings.endpoint.port),
+            security_type: Some(settings.endpoint.security),
+            username: username(settings.credentials.as_ref()),
+            scanning: None,
+            after_processing: None,
+        });
+        let enabled = settings.enabled;
+        outbox.insert(OutgoingServer::new(
+            namespace,
+            name,
+            settings.clone(),
+            runtime.stats.clone(),
+            DEFAULT_POOL_SIZE,
+        ));
+        tracing::info!(resource = %resource, "configured");
+        if !enabled {
+            runtime.shared.update(|l| l.health = Health::Disabled);
+            return runtime;
+        }
+        let shared = runtime.shared.clone();
+        runtime.test = Some(tokio::spawn(async move {
+            let report = crate::outgoing::smtp::test_connection(&settings).await;
+            if report.reason == Reason::Connected {
+                tracing::info!(resource = %resource, "connection test passed");
+            } else {
+                tracing::warn!(resource = %resource, reason = %report.reason, "connection test failed: {}", report.message);
+            }
+            shared.update(|l| {
+                l.health = status::health_of(&report);
+                l.report = Some(report);
+            });
+        }));
+        runtime
+    }
+
+    /// Stops a connection test still running.
+    pub fn stop(&mut self) {
+        if let Some(t) = self.test.take() {
+            t.abort();
+        }
+    }
+
+    pub fn status(
+        &self,
+        generation: Option<i64>,
+        previous: &[Condition],
+        rejecting_since: jiff::Timestamp,
+        now: jiff::Timestamp,
+    ) -> OutgoingEmailServerStatus {
+        let filter = {
+            let log = self
+                .stats
+                .rejections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            status::filter_rejecting(&log, rejecting_since, generation, now)
+        };
+        let live = self.shared.lock();
+        OutgoingEmailServerStatus {
+            observed_generation: generation,
+            conditions: status::conditions(&live.health, Some(filter), generation, previous, now),
+            effective: self.effective.clone(),
+            connection: live.report.as_ref().map(status::connection_status),
+            next_retry_at: None,
+            stats: Some(status::outgoing_stats(&self.stats)),
+            recent_rejections: status::recent_rejections(
+                &self
+                    .stats
+                    .rejections
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            ),
+        }
+    }
+}
+
+impl Drop for OutgoingRuntime {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
