@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod connection;
+pub mod controller;
 pub mod filter;
 pub mod incoming;
 pub mod outgoing;

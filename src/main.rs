@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use mailroom::api;
 use mailroom::api::validation::ManifestValidator;
+use mailroom::controller;
+use mailroom::controller::run::ControllerOptions;
 use mailroom::standalone::{self, RunOptions, check, table};
 use mailroom::submission::{DEFAULT_BIND, Tokens};
 
@@ -52,6 +54,34 @@ enum Command {
         /// format) the endpoint stays off.
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
+    },
+    /// Run in a cluster (in-cluster config or KUBECONFIG): reconcile every
+    /// IncomingEmailServer and OutgoingEmailServer and write their status.
+    Controller {
+        /// Watch only this namespace (default: all).
+        #[arg(long, value_name = "NS")]
+        namespace: Option<String>,
+        /// Ticket folder (e.g. a volume) for resources that name no sink.
+        #[arg(long, value_name = "DIR")]
+        default_sink_dir: Option<PathBuf>,
+        /// Address of /healthz, /readyz and /metrics.
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+        health_listen: SocketAddr,
+        /// Address of the submission endpoint.
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_BIND)]
+        listen: SocketAddr,
+        /// Bearer tokens of the submission endpoint (as for `run`).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Elect a leader with a Lease, so that replicas can stand by.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        leader_election: bool,
+        /// Namespace of the leader Lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        /// This replica's name in the Lease.
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
     },
     /// Print the status of a folder run by `mailroom run`, like `kubectl get`.
     Status {
@@ -127,6 +157,34 @@ fn main() -> ExitCode {
             files,
             secret_files,
         } => return test_connection(files, secret_files),
+        Command::Controller {
+            namespace,
+            default_sink_dir,
+            health_listen,
+            listen,
+            token_file,
+            leader_election,
+            lease_namespace,
+            identity,
+        } => tokens(token_file.as_deref()).and_then(|tokens| {
+            let identity = identity.unwrap_or_else(|| {
+                format!("mailroom-{}-{:08x}", std::process::id(), fastrand::u32(..))
+            });
+            runtime()?.block_on(async {
+                controller::run::run(ControllerOptions {
+                    namespace,
+                    default_sink: default_sink_dir,
+                    health_listen,
+                    submission_listen: listen,
+                    tokens,
+                    leader_election,
+                    lease_namespace,
+                    identity,
+                })
+                .await
+                .map_err(|e| e.to_string())
+            })
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

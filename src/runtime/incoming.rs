@@ -117,6 +117,11 @@ impl IncomingRuntime {
         runtime
     }
 
+    /// The worker's counters, once it was started.
+    pub fn stats(&self) -> Option<&WorkerStats> {
+        self.stats.as_deref()
+    }
+
     /// Stops the worker after the message in flight; its cursor is saved.
     pub async fn stop(&mut self) {
         if let Some(worker) = self.worker.take() {

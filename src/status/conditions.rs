@@ -126,6 +126,37 @@ pub fn conditions(
     out
 }
 
+pub const PRIMARY_CONFLICT: &str = "PrimaryConflict";
+
+/// `PrimaryConflict`, present only while True: more than one primary server
+/// in the namespace (`others` are the other primaries).
+pub fn primary_conflict(
+    others: &[String],
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: jiff::Timestamp,
+) -> Option<Condition> {
+    if others.is_empty() {
+        return None;
+    }
+    let mut c = condition(
+        PRIMARY_CONFLICT,
+        true,
+        "MoreThanOnePrimary",
+        format!(
+            "the namespace has more than one primary OutgoingEmailServer (also: {}); set primary: true on one only",
+            others.join(", ")
+        ),
+    );
+    c.observed_generation = generation;
+    c.last_transition_time = previous
+        .iter()
+        .find(|p| p.type_ == PRIMARY_CONFLICT && p.status == "True")
+        .map(|p| p.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Some(c)
+}
+
 /// The Failure a connection report stands for, if it failed.
 pub fn health_of(report: &ConnectionReport) -> Health {
     if report.reason == Reason::Connected {

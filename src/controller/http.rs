@@ -1,0 +1,107 @@
+//! `/healthz`, `/readyz` and `/metrics` (Prometheus text format).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use super::Context;
+use crate::status::Health;
+
+/// What the endpoints report on.
+#[derive(Clone, Debug, Default)]
+pub struct Probe {
+    /// Set once the startup checks passed.
+    pub ready: Arc<AtomicBool>,
+    /// Set once this replica leads and its controllers run.
+    pub context: Arc<OnceLock<Arc<Context>>>,
+}
+
+pub fn router(probe: Probe) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(probe)
+}
+
+async fn readyz(State(p): State<Probe>) -> (StatusCode, &'static str) {
+    if p.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+async fn metrics(State(p): State<Probe>) -> String {
+    match p.context.get() {
+        Some(ctx) => render(ctx).await,
+        None => "# this replica does not lead: no workers here\n".to_owned(),
+    }
+}
+
+/// The metrics text.
+pub async fn render(ctx: &Context) -> String {
+    type Family = (&'static str, &'static str, &'static str, Vec<(String, u64)>);
+    let mut families: Vec<Family> = vec![
+        ("mailroom_messages_fetched_total", "counter", "Messages fetched from the mailbox.", Vec::new()),
+        ("mailroom_tickets_created_total", "counter", "Tickets the sink accepted.", Vec::new()),
+        ("mailroom_messages_rejected_total", "counter", "Messages rejected by the filter or loop protection.", Vec::new()),
+        ("mailroom_messages_failed_total", "counter", "Messages quarantined or skipped.", Vec::new()),
+        ("mailroom_sent_total", "counter", "Messages an SMTP server accepted.", Vec::new()),
+        ("mailroom_recipients_blocked_total", "counter", "Recipients the filter blocked.", Vec::new()),
+        ("mailroom_send_failures_total", "counter", "Send attempts that failed.", Vec::new()),
+        ("mailroom_failovers_total", "counter", "Messages the namespace's primary sent instead.", Vec::new()),
+        ("mailroom_ready", "gauge", "1 while the server is connected.", Vec::new()),
+    ];
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    for r in ctx.incoming.lock().await.values() {
+        let labels = format!(
+            "kind=\"IncomingEmailServer\",namespace=\"{}\",name=\"{}\"",
+            escape(&r.namespace),
+            escape(&r.name)
+        );
+        if let Some(s) = r.runtime.stats() {
+            for (i, v) in [load(&s.fetched), load(&s.tickets_created), load(&s.rejected), load(&s.failed)]
+                .into_iter()
+                .enumerate()
+            {
+                families[i].3.push((labels.clone(), v));
+            }
+        }
+        let ready = u64::from(r.runtime.shared.lock().health == Health::Connected);
+        families[8].3.push((labels, ready));
+    }
+    for r in ctx.outgoing.lock().await.values() {
+        let labels = format!(
+            "kind=\"OutgoingEmailServer\",namespace=\"{}\",name=\"{}\"",
+            escape(&r.namespace),
+            escape(&r.name)
+        );
+        let s = &r.runtime.stats;
+        for (i, v) in [load(&s.sent), load(&s.blocked), load(&s.failed), load(&s.failovers)]
+            .into_iter()
+            .enumerate()
+        {
+            families[4 + i].3.push((labels.clone(), v));
+        }
+        let ready = u64::from(r.runtime.shared.lock().health == Health::Connected);
+        families[8].3.push((labels, ready));
+    }
+    let mut out = String::new();
+    for (name, kind, help, samples) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+    out
+}

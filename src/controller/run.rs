@@ -1,0 +1,282 @@
+//! The controller process: startup checks, leader election, both Controllers,
+//! the health/metrics server and the submission endpoint.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::{mpsc, watch};
+
+use super::http::{self, Probe};
+use super::leader::LeaseLock;
+use super::{
+    Context, ContextParts, Names, error_policy, reconcile_incoming, reconcile_outgoing,
+    servers_referencing, trigger_hash,
+};
+use crate::api::{IncomingEmailServer, OutgoingEmailServer};
+use crate::incoming::worker::WorkerOptions;
+use crate::submission::{self, Tokens};
+
+/// Reconciles running at once, per kind.
+const CONCURRENCY: u16 = 8;
+const LEASE_NAME: &str = "mailroom-leader";
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// Watch only this namespace; None: all.
+    pub namespace: Option<String>,
+    /// Ticket folder for resources that name no sink.
+    pub default_sink: Option<PathBuf>,
+    pub health_listen: SocketAddr,
+    pub submission_listen: SocketAddr,
+    pub tokens: Option<Tokens>,
+    pub leader_election: bool,
+    pub lease_namespace: String,
+    pub identity: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot reach the Kubernetes API: {0}; run in a cluster or set KUBECONFIG")]
+    Client(kube::Error),
+    #[error("{0}")]
+    Startup(String),
+    #[error("cannot listen on {addr}: {message}")]
+    Listen { addr: SocketAddr, message: String },
+    #[error("lost the leader Lease; stopped every worker and exiting so that a standby takes over")]
+    LostLeadership,
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The CRDs are served and listing is allowed; otherwise a one-line hint.
+pub async fn check_startup(client: &Client, namespace: Option<&str>) -> Result<(), String> {
+    let lp = ListParams::default().limit(1);
+    let hint = |what: &str, e: kube::Error| match &e {
+        kube::Error::Api(a) if a.code == 404 => format!(
+            "the {what} CRD is not installed: kubectl apply -f crds/ (or install the Helm chart with crds.enabled=true)"
+        ),
+        kube::Error::Api(a) if a.code == 403 => format!(
+            "RBAC does not allow listing {what}: apply the chart's ClusterRole and binding for this ServiceAccount ({})",
+            a.message
+        ),
+        _ => format!("cannot list {what}: {e}"),
+    };
+    scoped::<IncomingEmailServer>(client, namespace)
+        .list(&lp)
+        .await
+        .map_err(|e| hint("IncomingEmailServer", e))?;
+    scoped::<OutgoingEmailServer>(client, namespace)
+        .list(&lp)
+        .await
+        .map_err(|e| hint("OutgoingEmailServer", e))?;
+    scoped::<Secret>(client, namespace)
+        .list_metadata(&lp)
+        .await
+        .map_err(|e| hint("Secrets", e))?;
+    Ok(())
+}
+
+async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, RunError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| RunError::Listen {
+            addr,
+            message: e.to_string(),
+        })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn terminated() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn stream_of<T: Send + 'static>(rx: mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|r| (r, rx)) })
+}
+
+pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let ns = opts.namespace.as_deref();
+    check_startup(&client, ns).await.map_err(RunError::Startup)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        terminated().await;
+        let _ = stop_tx.send(true);
+    });
+    let probe = Probe::default();
+    probe.ready.store(true, Ordering::Relaxed);
+    let health = listen(opts.health_listen).await?;
+    let mut health_stop = stop_rx.clone();
+    tokio::spawn(submission::serve(health, http::router(probe.clone()), async move {
+        let _ = health_stop.wait_for(|s| *s).await;
+    }));
+
+    let (leading_tx, mut leading) = watch::channel(!opts.leader_election);
+    if opts.leader_election {
+        let lock = LeaseLock::new(client.clone(), &opts.lease_namespace, LEASE_NAME, &opts.identity, LEASE_DURATION);
+        tokio::spawn(lock.run(leading_tx, stop_rx.clone()));
+        tracing::info!(identity = %opts.identity, "waiting to lead (Lease {}/{LEASE_NAME})", opts.lease_namespace);
+        let mut stop = stop_rx.clone();
+        tokio::select! {
+            _ = leading.wait_for(|l| *l) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+    tracing::info!("leading: starting the controllers");
+
+    let (incoming_store, incoming_writer) = reflector::store();
+    let (outgoing_store, outgoing_writer) = reflector::store();
+    let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
+    let (outgoing_tx, outgoing_rx) = mpsc::unbounded_channel();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "mailroom".into(),
+            instance: Some(opts.identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Context::new(ContextParts {
+        client: client.clone(),
+        recorder,
+        incoming_store: incoming_store.clone(),
+        outgoing_store: outgoing_store.clone(),
+        incoming_trigger: incoming_tx,
+        outgoing_trigger: outgoing_tx,
+        default_sink: opts.default_sink.clone(),
+        options: WorkerOptions::default(),
+    }));
+    let _ = probe.context.set(ctx.clone());
+
+    let submission_task = match opts.tokens.clone() {
+        Some(tokens) => {
+            let listener = listen(opts.submission_listen).await?;
+            let mut stop = stop_rx.clone();
+            Some(tokio::spawn(submission::serve(
+                listener,
+                submission::router(ctx.outbox.clone(), Arc::new(tokens)),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        None => {
+            tracing::warn!("submission endpoint off: no token configured");
+            None
+        }
+    };
+
+    // Ends when asked to stop or when leadership is lost.
+    let shutdown = {
+        let stop = stop_rx.clone();
+        let leading = leading.clone();
+        move || {
+            let mut stop = stop.clone();
+            let mut leading = leading.clone();
+            async move {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => {}
+                    _ = leading.wait_for(|l| !*l) => {}
+                }
+            }
+        }
+    };
+    let config = ControllerConfig::default().concurrency(CONCURRENCY);
+    let secrets = || {
+        // Metadata only: Secret values are read in reconcile, never cached.
+        watcher(
+            scoped::<PartialObjectMeta<Secret>>(&client, ns),
+            watcher::Config::default(),
+        )
+            .default_backoff()
+            .touched_objects()
+    };
+
+    let incoming = {
+        let store = incoming_store.clone();
+        let stream = watcher(scoped::<IncomingEmailServer>(&client, ns), watcher::Config::default())
+            .default_backoff()
+            .reflect(incoming_writer)
+            .applied_objects()
+            .predicate_filter(trigger_hash, Default::default());
+        Controller::for_stream(stream, incoming_store)
+            .with_config(config.clone())
+            .watches_stream(secrets(), move |s| {
+                servers_referencing(
+                    &store.state(),
+                    s.metadata.namespace.as_deref().unwrap_or_default(),
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                    |o: &IncomingEmailServer| Names::incoming(&o.spec),
+                )
+            })
+            .reconcile_on(stream_of::<ObjectRef<IncomingEmailServer>>(incoming_rx))
+            .graceful_shutdown_on(shutdown())
+            .run(reconcile_incoming, error_policy, ctx.clone())
+            .for_each(|_| async {})
+    };
+    let outgoing = {
+        let store = outgoing_store.clone();
+        let stream = watcher(scoped::<OutgoingEmailServer>(&client, ns), watcher::Config::default())
+            .default_backoff()
+            .reflect(outgoing_writer)
+            .applied_objects()
+            .predicate_filter(trigger_hash, Default::default());
+        Controller::for_stream(stream, outgoing_store)
+            .with_config(config)
+            .watches_stream(secrets(), move |s| {
+                servers_referencing(
+                    &store.state(),
+                    s.metadata.namespace.as_deref().unwrap_or_default(),
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                    |o: &OutgoingEmailServer| Names::outgoing(&o.spec),
+                )
+            })
+            .reconcile_on(stream_of::<ObjectRef<OutgoingEmailServer>>(outgoing_rx))
+            .graceful_shutdown_on(shutdown())
+            .run(reconcile_outgoing, error_policy, ctx.clone())
+            .for_each(|_| async {})
+    };
+    tokio::join!(incoming, outgoing);
+    tracing::info!("stopping every worker after its message in flight");
+    ctx.stop_all().await;
+    if let Some(t) = submission_task {
+        let _ = t.await;
+    }
+    if *stop_rx.borrow() {
+        Ok(())
+    } else {
+        Err(RunError::LostLeadership)
+    }
+}
