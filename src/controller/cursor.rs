@@ -25,7 +25,13 @@ pub struct ConfigMapCursorStore {
 
 impl ConfigMapCursorStore {
     /// The store of one resource; `owner` points at the IncomingEmailServer.
-    pub fn new(client: Client, namespace: &str, resource: &str, owner: OwnerReference, manager: &str) -> Self {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        resource: &str,
+        owner: OwnerReference,
+        manager: &str,
+    ) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
             name: config_map_name(resource),
@@ -53,7 +59,12 @@ impl ConfigMapCursorStore {
 impl CursorStore for ConfigMapCursorStore {
     fn load<'a>(&'a self, _key: &'a str) -> StoreFuture<'a, Option<Cursor>> {
         Box::pin(async move {
-            let Some(cm) = self.api.get_opt(&self.name).await.map_err(|e| self.error(true, e))? else {
+            let Some(cm) = self
+                .api
+                .get_opt(&self.name)
+                .await
+                .map_err(|e| self.error(true, e))?
+            else {
                 return Ok(None);
             };
             match cm.data.as_ref().and_then(|d| d.get(KEY)) {
@@ -79,7 +90,11 @@ impl CursorStore for ConfigMapCursorStore {
                 "data": {KEY: text},
             });
             self.api
-                .patch(&self.name, &PatchParams::apply(&self.manager).force(), &Patch::Apply(body))
+                .patch(
+                    &self.name,
+                    &PatchParams::apply(&self.manager).force(),
+                    &Patch::Apply(body),
+                )
                 .await
                 .map(drop)
                 .map_err(|e| self.error(false, e))

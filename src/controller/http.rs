@@ -38,7 +38,9 @@ async fn readyz(State(p): State<Probe>) -> (StatusCode, &'static str) {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 async fn metrics(State(p): State<Probe>) -> String {
@@ -52,15 +54,60 @@ async fn metrics(State(p): State<Probe>) -> String {
 pub async fn render(ctx: &Context) -> String {
     type Family = (&'static str, &'static str, &'static str, Vec<(String, u64)>);
     let mut families: Vec<Family> = vec![
-        ("mailroom_messages_fetched_total", "counter", "Messages fetched from the mailbox.", Vec::new()),
-        ("mailroom_tickets_created_total", "counter", "Tickets the sink accepted.", Vec::new()),
-        ("mailroom_messages_rejected_total", "counter", "Messages rejected by the filter or loop protection.", Vec::new()),
-        ("mailroom_messages_failed_total", "counter", "Messages quarantined or skipped.", Vec::new()),
-        ("mailroom_sent_total", "counter", "Messages an SMTP server accepted.", Vec::new()),
-        ("mailroom_recipients_blocked_total", "counter", "Recipients the filter blocked.", Vec::new()),
-        ("mailroom_send_failures_total", "counter", "Send attempts that failed.", Vec::new()),
-        ("mailroom_failovers_total", "counter", "Messages the namespace's primary sent instead.", Vec::new()),
-        ("mailroom_ready", "gauge", "1 while the server is connected.", Vec::new()),
+        (
+            "mailroom_messages_fetched_total",
+            "counter",
+            "Messages fetched from the mailbox.",
+            Vec::new(),
+        ),
+        (
+            "mailroom_tickets_created_total",
+            "counter",
+            "Tickets the sink accepted.",
+            Vec::new(),
+        ),
+        (
+            "mailroom_messages_rejected_total",
+            "counter",
+            "Messages rejected by the filter or loop protection.",
+            Vec::new(),
+        ),
+        (
+            "mailroom_messages_failed_total",
+            "counter",
+            "Messages quarantined or skipped.",
+            Vec::new(),
+        ),
+        (
+            "mailroom_sent_total",
+            "counter",
+            "Messages an SMTP server accepted.",
+            Vec::new(),
+        ),
+        (
+            "mailroom_recipients_blocked_total",
+            "counter",
+            "Recipients the filter blocked.",
+            Vec::new(),
+        ),
+        (
+            "mailroom_send_failures_total",
+            "counter",
+            "Send attempts that failed.",
+            Vec::new(),
+        ),
+        (
+            "mailroom_failovers_total",
+            "counter",
+            "Messages the namespace's primary sent instead.",
+            Vec::new(),
+        ),
+        (
+            "mailroom_ready",
+            "gauge",
+            "1 while the server is connected.",
+            Vec::new(),
+        ),
     ];
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     for r in ctx.incoming.lock().await.values() {
@@ -70,9 +117,14 @@ pub async fn render(ctx: &Context) -> String {
             escape(&r.name)
         );
         if let Some(s) = r.runtime.stats() {
-            for (i, v) in [load(&s.fetched), load(&s.tickets_created), load(&s.rejected), load(&s.failed)]
-                .into_iter()
-                .enumerate()
+            for (i, v) in [
+                load(&s.fetched),
+                load(&s.tickets_created),
+                load(&s.rejected),
+                load(&s.failed),
+            ]
+            .into_iter()
+            .enumerate()
             {
                 families[i].3.push((labels.clone(), v));
             }
@@ -87,9 +139,14 @@ pub async fn render(ctx: &Context) -> String {
             escape(&r.name)
         );
         let s = &r.runtime.stats;
-        for (i, v) in [load(&s.sent), load(&s.blocked), load(&s.failed), load(&s.failovers)]
-            .into_iter()
-            .enumerate()
+        for (i, v) in [
+            load(&s.sent),
+            load(&s.blocked),
+            load(&s.failed),
+            load(&s.failovers),
+        ]
+        .into_iter()
+        .enumerate()
         {
             families[4 + i].3.push((labels.clone(), v));
         }

@@ -35,7 +35,8 @@ pub fn decide(lease: Option<&LeaseSpec>, identity: &str, now: jiff::Timestamp) -
     if holder == identity {
         return Decision::Renew;
     }
-    let duration = jiff::SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
+    let duration =
+        jiff::SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
     let renewed = spec
         .renew_time
         .as_ref()
@@ -56,7 +57,13 @@ pub struct LeaseLock {
 }
 
 impl LeaseLock {
-    pub fn new(client: Client, namespace: &str, name: &str, identity: &str, duration: Duration) -> Self {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        duration: Duration,
+    ) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
             name: name.to_owned(),
@@ -74,7 +81,11 @@ impl LeaseLock {
     pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
         let now = jiff::Timestamp::now();
         let current = self.api.get_opt(&self.name).await?;
-        let decision = decide(current.as_ref().and_then(|l| l.spec.as_ref()), &self.identity, now);
+        let decision = decide(
+            current.as_ref().and_then(|l| l.spec.as_ref()),
+            &self.identity,
+            now,
+        );
         let seconds = i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX);
         let result = match (decision, current) {
             (Decision::Wait { .. }, _) => return Ok(false),
@@ -105,7 +116,9 @@ impl LeaseLock {
                 spec.lease_duration_seconds = Some(seconds);
                 spec.renew_time = Some(MicroTime(now));
                 // resourceVersion stays set: a concurrent writer makes this a 409.
-                self.api.replace(&self.name, &PostParams::default(), &lease).await
+                self.api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
             }
             (Decision::Renew, None) => return Ok(false),
         };
@@ -164,12 +177,18 @@ mod tests {
     fn free_own_live_and_expired_leases() {
         let now = jiff::Timestamp::from_second(1_000).unwrap();
         assert_eq!(decide(None, "a", now), Decision::Acquire);
-        assert_eq!(decide(Some(&LeaseSpec::default()), "a", now), Decision::Acquire);
+        assert_eq!(
+            decide(Some(&LeaseSpec::default()), "a", now),
+            Decision::Acquire
+        );
         assert_eq!(decide(Some(&spec("a", 990, 15)), "a", now), Decision::Renew);
         assert_eq!(
             decide(Some(&spec("b", 990, 15)), "a", now),
             Decision::Wait { holder: "b".into() }
         );
-        assert_eq!(decide(Some(&spec("b", 980, 15)), "a", now), Decision::Acquire);
+        assert_eq!(
+            decide(Some(&spec("b", 980, 15)), "a", now),
+            Decision::Acquire
+        );
     }
 }

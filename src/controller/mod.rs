@@ -141,7 +141,14 @@ impl Context {
         }
     }
 
-    async fn event(&self, reference: &k8s_openapi::api::core::v1::ObjectReference, type_: EventType, reason: &str, note: String, action: &str) {
+    async fn event(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        action: &str,
+    ) {
         let ev = Event {
             type_,
             reason: reason.to_owned(),
@@ -189,7 +196,11 @@ pub fn servers_referencing<K: Resource<DynamicType = ()>>(
 
 /// Whether a status must be written now: never when nothing changed; at once
 /// when anything but the counters changed; counters at most every STATS_EVERY.
-fn must_write<S: Serialize>(current: Option<&S>, computed: &S, written_at: Option<Instant>) -> Result<bool, Duration> {
+fn must_write<S: Serialize>(
+    current: Option<&S>,
+    computed: &S,
+    written_at: Option<Instant>,
+) -> Result<bool, Duration> {
     let a = serde_json::to_value(current).unwrap_or_default();
     let b = serde_json::to_value(Some(computed)).unwrap_or_default();
     if a == b {
@@ -224,7 +235,11 @@ fn rejecting_since(now: jiff::Timestamp) -> jiff::Timestamp {
         .unwrap_or(now)
 }
 
-async fn patch_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> Result<(), kube::Error>
+async fn patch_status<K>(
+    api: &Api<K>,
+    name: &str,
+    status: &impl Serialize,
+) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -233,9 +248,13 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(body))
-        .await
-        .map(drop)
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map(drop)
 }
 
 fn identity<K: Resource>(obj: &K) -> Result<(String, String, String), Error> {
@@ -248,7 +267,10 @@ fn identity<K: Resource>(obj: &K) -> Result<(String, String, String), Error> {
 }
 
 /// Reconciles an IncomingEmailServer.
-pub async fn reconcile_incoming(obj: Arc<IncomingEmailServer>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile_incoming(
+    obj: Arc<IncomingEmailServer>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let (ns, _, uid) = identity(obj.as_ref())?;
     let api: Api<IncomingEmailServer> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, obj, |event| async {
@@ -260,7 +282,10 @@ pub async fn reconcile_incoming(obj: Arc<IncomingEmailServer>, ctx: Arc<Context>
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     if result.is_ok() {
-        ctx.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&uid);
     }
     result
 }
@@ -270,7 +295,12 @@ async fn apply_incoming(obj: Arc<IncomingEmailServer>, ctx: &Context) -> Result<
     let fetched = references::fetch(&ctx.client, &ns, &Names::incoming(&obj.spec)).await?;
     let own = ctx.own_addresses(&ns);
     let mut extra = own.clone();
-    extra.push(obj.annotations().get(TEST_ANNOTATION).cloned().unwrap_or_default());
+    extra.push(
+        obj.annotations()
+            .get(TEST_ANNOTATION)
+            .cloned()
+            .unwrap_or_default(),
+    );
     let hash = config_hash(
         "IncomingEmailServer",
         &serde_json::to_value(&obj.spec).unwrap_or_default(),
@@ -300,7 +330,13 @@ async fn apply_incoming(obj: Arc<IncomingEmailServer>, ctx: &Context) -> Result<
             own_addresses: own,
             outbox: ctx.outbox.clone(),
             default_sink: ctx.default_sink.as_deref(),
-            store: Arc::new(cursor::ConfigMapCursorStore::new(ctx.client.clone(), &ns, &name, owner, MANAGER)),
+            store: Arc::new(cursor::ConfigMapCursorStore::new(
+                ctx.client.clone(),
+                &ns,
+                &name,
+                owner,
+                MANAGER,
+            )),
             options: ctx.options.clone(),
             on_change: Some(Arc::new(move || {
                 let _ = trigger.send(me.clone());
@@ -316,18 +352,43 @@ async fn apply_incoming(obj: Arc<IncomingEmailServer>, ctx: &Context) -> Result<
                 written_at: None,
             },
         );
-        let what = if restart { "restarted with the new configuration" } else { "started" };
-        ctx.event(&reference, EventType::Normal, "WorkerStarted", format!("fetch worker {what}"), "Start").await;
+        let what = if restart {
+            "restarted with the new configuration"
+        } else {
+            "started"
+        };
+        ctx.event(
+            &reference,
+            EventType::Normal,
+            "WorkerStarted",
+            format!("fetch worker {what}"),
+            "Start",
+        )
+        .await;
     }
     let Some(entry) = running.get_mut(&uid) else {
         return Ok(Action::requeue(STATS_EVERY));
     };
     let now = jiff::Timestamp::now();
-    let previous = obj.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-    let status = entry.runtime.status(obj.metadata.generation, &previous, rejecting_since(now), now);
+    let previous = obj
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let status = entry.runtime.status(
+        obj.metadata.generation,
+        &previous,
+        rejecting_since(now),
+        now,
+    );
     match must_write(obj.status.as_ref(), &status, entry.written_at) {
         Ok(true) => {
-            patch_status(&Api::<IncomingEmailServer>::namespaced(ctx.client.clone(), &ns), &name, &status).await?;
+            patch_status(
+                &Api::<IncomingEmailServer>::namespaced(ctx.client.clone(), &ns),
+                &name,
+                &status,
+            )
+            .await?;
             entry.written_at = Some(Instant::now());
             drop(running);
             events_for_change(ctx, &reference, &previous, &status.conditions).await;
@@ -350,9 +411,21 @@ async fn events_for_change(
         && let Some((status, reason, message)) = a
     {
         match (status.as_str(), reason.as_str()) {
-            ("True", _) => ctx.event(reference, EventType::Normal, "ConnectionVerified", message, "Test").await,
+            ("True", _) => {
+                ctx.event(
+                    reference,
+                    EventType::Normal,
+                    "ConnectionVerified",
+                    message,
+                    "Test",
+                )
+                .await
+            }
             (_, "Connecting") => {}
-            (_, reason) => ctx.event(reference, EventType::Warning, reason, message, "Test").await,
+            (_, reason) => {
+                ctx.event(reference, EventType::Warning, reason, message, "Test")
+                    .await
+            }
         }
     }
     let rejecting = |c: &[Condition]| {
@@ -364,7 +437,14 @@ async fn events_for_change(
         && status == "True"
         && rejecting(before) != Some((status, message.clone()))
     {
-        ctx.event(reference, EventType::Warning, "MailRejected", message, "Filter").await;
+        ctx.event(
+            reference,
+            EventType::Warning,
+            "MailRejected",
+            message,
+            "Filter",
+        )
+        .await;
     }
 }
 
@@ -373,13 +453,23 @@ async fn cleanup_incoming(obj: Arc<IncomingEmailServer>, ctx: &Context) -> Resul
     let removed = ctx.incoming.lock().await.remove(&uid);
     if let Some(mut r) = removed {
         r.runtime.stop().await;
-        ctx.event(&obj.object_ref(&()), EventType::Normal, "WorkerStopped", "fetch worker stopped; the message in flight was finished".into(), "Stop").await;
+        ctx.event(
+            &obj.object_ref(&()),
+            EventType::Normal,
+            "WorkerStopped",
+            "fetch worker stopped; the message in flight was finished".into(),
+            "Stop",
+        )
+        .await;
     }
     Ok(Action::await_change())
 }
 
 /// Reconciles an OutgoingEmailServer.
-pub async fn reconcile_outgoing(obj: Arc<OutgoingEmailServer>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile_outgoing(
+    obj: Arc<OutgoingEmailServer>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let (ns, _, uid) = identity(obj.as_ref())?;
     let api: Api<OutgoingEmailServer> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, obj, |event| async {
@@ -391,7 +481,10 @@ pub async fn reconcile_outgoing(obj: Arc<OutgoingEmailServer>, ctx: Arc<Context>
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     if result.is_ok() {
-        ctx.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&uid);
     }
     result
 }
@@ -399,7 +492,11 @@ pub async fn reconcile_outgoing(obj: Arc<OutgoingEmailServer>, ctx: Arc<Context>
 async fn apply_outgoing(obj: Arc<OutgoingEmailServer>, ctx: &Context) -> Result<Action, Error> {
     let (ns, name, uid) = identity(obj.as_ref())?;
     let fetched = references::fetch(&ctx.client, &ns, &Names::outgoing(&obj.spec)).await?;
-    let retest = obj.annotations().get(TEST_ANNOTATION).cloned().unwrap_or_default();
+    let retest = obj
+        .annotations()
+        .get(TEST_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
     let hash = config_hash(
         "OutgoingEmailServer",
         &serde_json::to_value(&obj.spec).unwrap_or_default(),
@@ -442,7 +539,12 @@ async fn apply_outgoing(obj: Arc<OutgoingEmailServer>, ctx: &Context) -> Result<
             },
         );
         // Incoming servers of the namespace treat our address as their own.
-        for i in ctx.incoming_store.state().iter().filter(|i| i.namespace().as_deref() == Some(ns.as_str())) {
+        for i in ctx
+            .incoming_store
+            .state()
+            .iter()
+            .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
+        {
             let _ = ctx.incoming_trigger.send(ObjectRef::from_obj(i.as_ref()));
         }
     }
@@ -450,7 +552,11 @@ async fn apply_outgoing(obj: Arc<OutgoingEmailServer>, ctx: &Context) -> Result<
         ctx.outgoing_store
             .state()
             .iter()
-            .filter(|o| o.namespace().as_deref() == Some(ns.as_str()) && o.spec.primary && o.name_any() != name)
+            .filter(|o| {
+                o.namespace().as_deref() == Some(ns.as_str())
+                    && o.spec.primary
+                    && o.name_any() != name
+            })
             .map(|o| o.name_any())
             .collect()
     } else {
@@ -460,14 +566,31 @@ async fn apply_outgoing(obj: Arc<OutgoingEmailServer>, ctx: &Context) -> Result<
         return Ok(Action::requeue(STATS_EVERY));
     };
     let now = jiff::Timestamp::now();
-    let previous = obj.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-    let mut status = entry.runtime.status(obj.metadata.generation, &previous, rejecting_since(now), now);
-    status
-        .conditions
-        .extend(primary_conflict(&others, obj.metadata.generation, &previous, now));
+    let previous = obj
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let mut status = entry.runtime.status(
+        obj.metadata.generation,
+        &previous,
+        rejecting_since(now),
+        now,
+    );
+    status.conditions.extend(primary_conflict(
+        &others,
+        obj.metadata.generation,
+        &previous,
+        now,
+    ));
     match must_write(obj.status.as_ref(), &status, entry.written_at) {
         Ok(true) => {
-            patch_status(&Api::<OutgoingEmailServer>::namespaced(ctx.client.clone(), &ns), &name, &status).await?;
+            patch_status(
+                &Api::<OutgoingEmailServer>::namespaced(ctx.client.clone(), &ns),
+                &name,
+                &status,
+            )
+            .await?;
             entry.written_at = Some(Instant::now());
             drop(running);
             events_for_change(ctx, &reference, &previous, &status.conditions).await;
@@ -477,7 +600,17 @@ async fn apply_outgoing(obj: Arc<OutgoingEmailServer>, ctx: &Context) -> Result<
                 failovers(status.stats.as_ref()),
             );
             if after > before {
-                ctx.event(&reference, EventType::Warning, "FailoverUsed", format!("{} message(s) went through the namespace's primary server instead", after - before), "Send").await;
+                ctx.event(
+                    &reference,
+                    EventType::Warning,
+                    "FailoverUsed",
+                    format!(
+                        "{} message(s) went through the namespace's primary server instead",
+                        after - before
+                    ),
+                    "Send",
+                )
+                .await;
             }
             Ok(Action::requeue(STATS_EVERY))
         }

@@ -124,7 +124,11 @@ fn config_map_data(c: ConfigMap) -> Data {
 
 /// Reads the named objects of `namespace`; a missing one is simply absent
 /// (resolving then reports SecretNotFound), any other failure is an error.
-pub async fn fetch(client: &Client, namespace: &str, names: &Names) -> Result<Fetched, kube::Error> {
+pub async fn fetch(
+    client: &Client,
+    namespace: &str,
+    names: &Names,
+) -> Result<Fetched, kube::Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let mut out = Fetched::default();
@@ -165,13 +169,18 @@ impl Fetched {
 
 impl SecretSource for Lookup<'_> {
     fn get(&self, name: &str, key: &str) -> Result<Vec<u8>, SecretError> {
-        let data = self.objects.get(name).ok_or_else(|| SecretError::NotFound {
-            name: format!("{name}\" ({}", self.what),
-        })?;
-        data.get(key).cloned().ok_or_else(|| SecretError::KeyMissing {
-            name: name.to_owned(),
-            key: key.to_owned(),
-        })
+        let data = self
+            .objects
+            .get(name)
+            .ok_or_else(|| SecretError::NotFound {
+                name: format!("{name}\" ({}", self.what),
+            })?;
+        data.get(key)
+            .cloned()
+            .ok_or_else(|| SecretError::KeyMissing {
+                name: name.to_owned(),
+                key: key.to_owned(),
+            })
     }
 }
 

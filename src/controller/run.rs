@@ -10,10 +10,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
@@ -122,14 +122,18 @@ async fn terminated() {
     }
 }
 
-fn stream_of<T: Send + 'static>(rx: mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> + Send {
+fn stream_of<T: Send + 'static>(
+    rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
     futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|r| (r, rx)) })
 }
 
 pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
     let client = Client::try_default().await.map_err(RunError::Client)?;
     let ns = opts.namespace.as_deref();
-    check_startup(&client, ns).await.map_err(RunError::Startup)?;
+    check_startup(&client, ns)
+        .await
+        .map_err(RunError::Startup)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -140,13 +144,23 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
     probe.ready.store(true, Ordering::Relaxed);
     let health = listen(opts.health_listen).await?;
     let mut health_stop = stop_rx.clone();
-    tokio::spawn(submission::serve(health, http::router(probe.clone()), async move {
-        let _ = health_stop.wait_for(|s| *s).await;
-    }));
+    tokio::spawn(submission::serve(
+        health,
+        http::router(probe.clone()),
+        async move {
+            let _ = health_stop.wait_for(|s| *s).await;
+        },
+    ));
 
     let (leading_tx, mut leading) = watch::channel(!opts.leader_election);
     if opts.leader_election {
-        let lock = LeaseLock::new(client.clone(), &opts.lease_namespace, LEASE_NAME, &opts.identity, LEASE_DURATION);
+        let lock = LeaseLock::new(
+            client.clone(),
+            &opts.lease_namespace,
+            LEASE_NAME,
+            &opts.identity,
+            LEASE_DURATION,
+        );
         tokio::spawn(lock.run(leading_tx, stop_rx.clone()));
         tracing::info!(identity = %opts.identity, "waiting to lead (Lease {}/{LEASE_NAME})", opts.lease_namespace);
         let mut stop = stop_rx.clone();
@@ -220,17 +234,20 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
             scoped::<PartialObjectMeta<Secret>>(&client, ns),
             watcher::Config::default(),
         )
-            .default_backoff()
-            .touched_objects()
+        .default_backoff()
+        .touched_objects()
     };
 
     let incoming = {
         let store = incoming_store.clone();
-        let stream = watcher(scoped::<IncomingEmailServer>(&client, ns), watcher::Config::default())
-            .default_backoff()
-            .reflect(incoming_writer)
-            .applied_objects()
-            .predicate_filter(trigger_hash, Default::default());
+        let stream = watcher(
+            scoped::<IncomingEmailServer>(&client, ns),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(incoming_writer)
+        .applied_objects()
+        .predicate_filter(trigger_hash, Default::default());
         Controller::for_stream(stream, incoming_store)
             .with_config(config.clone())
             .watches_stream(secrets(), move |s| {
@@ -248,11 +265,14 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
     };
     let outgoing = {
         let store = outgoing_store.clone();
-        let stream = watcher(scoped::<OutgoingEmailServer>(&client, ns), watcher::Config::default())
-            .default_backoff()
-            .reflect(outgoing_writer)
-            .applied_objects()
-            .predicate_filter(trigger_hash, Default::default());
+        let stream = watcher(
+            scoped::<OutgoingEmailServer>(&client, ns),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(outgoing_writer)
+        .applied_objects()
+        .predicate_filter(trigger_hash, Default::default());
         Controller::for_stream(stream, outgoing_store)
             .with_config(config)
             .watches_stream(secrets(), move |s| {

@@ -63,13 +63,14 @@ impl Shared {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies `change`; tells the adapter when the health changed.
+    /// Applies `change`; tells the adapter when the health or the way of
+    /// scanning changed (status shows both).
     pub fn update(&self, change: impl FnOnce(&mut Live)) {
         let changed = {
             let mut live = self.lock();
-            let before = live.health.clone();
+            let before = (live.health.clone(), live.scanning.clone());
             change(&mut live);
-            live.health != before
+            (&live.health, &live.scanning) != (&before.0, &before.1)
         };
         if changed && let Some(notify) = &self.on_change {
             notify();

@@ -1,0 +1,681 @@
+//! The controller against a mocked Kubernetes API (tower-test, as controller-rs
+//! does) that records every request, while the mail servers are the real ones:
+//! the exact requests of a reconcile, the status it writes for success, a wrong
+//! password and a missing Secret, the finalizer, no write when nothing changed,
+//! the Secret mapper, the watch filter and the Lease.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use http::{Request, Response};
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use mailroom::api::{IncomingEmailServer, IncomingProtocol, OutgoingEmailServer, SecurityType};
+use mailroom::controller::leader::LeaseLock;
+use mailroom::controller::{
+    Context, ContextParts, FINALIZER, Names, TEST_ANNOTATION, reconcile_incoming,
+    reconcile_outgoing, servers_referencing, trigger_hash,
+};
+use mailroom::incoming::worker::WorkerOptions;
+use serde_json::{Value, json};
+use testbed::{Stack, User};
+use tokio::sync::mpsc;
+
+const NS: &str = "helpdesk";
+
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+/// An API server in memory: Secrets and ConfigMaps by name, the object to
+/// answer finalizer patches with, and the record of every request.
+#[derive(Clone, Default)]
+struct FakeApi {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    secrets: Arc<Mutex<HashMap<String, Value>>>,
+    config_maps: Arc<Mutex<HashMap<String, Value>>>,
+    object: Arc<Mutex<Value>>,
+}
+
+fn not_found() -> (u16, Value) {
+    (
+        404,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "not found", "reason": "NotFound", "code": 404}),
+    )
+}
+
+impl FakeApi {
+    fn answer(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        let last = path.rsplit('/').next().unwrap_or_default().to_owned();
+        match method {
+            "GET" if path.contains("/secrets/") => self
+                .secrets
+                .lock()
+                .unwrap()
+                .get(&last)
+                .cloned()
+                .map_or_else(not_found, |s| (200, s)),
+            "GET" if path.contains("/configmaps/") => self
+                .config_maps
+                .lock()
+                .unwrap()
+                .get(&last)
+                .cloned()
+                .map_or_else(not_found, |c| (200, c)),
+            "PATCH" if path.contains("/configmaps/") => {
+                self.config_maps.lock().unwrap().insert(last, body.clone());
+                (200, body.clone())
+            }
+            "PATCH" if path.ends_with("/status") => {
+                let mut o = self.object.lock().unwrap().clone();
+                o["status"] = body["status"].clone();
+                (200, o)
+            }
+            "PATCH" => (200, self.object.lock().unwrap().clone()),
+            "POST" if path.contains("/events") => (201, body.clone()),
+            _ => not_found(),
+        }
+    }
+
+    fn client(&self) -> Client {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api = self.clone();
+        tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let path = request.uri().path().to_owned();
+                let query = request.uri().query().unwrap_or_default().to_owned();
+                let bytes = request.into_body().collect_bytes().await.unwrap();
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let (status, answer) = api.answer(&method, &path, &body);
+                api.seen.lock().unwrap().push(Seen {
+                    method,
+                    path,
+                    query,
+                    body,
+                });
+                send.send_response(
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn take(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+fn secret(name: &str, key: &str, value: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": NS},
+        "data": {key: base64::engine::general_purpose::STANDARD.encode(value)},
+    })
+}
+
+/// An IncomingEmailServer on the test Dovecot, with our finalizer already on.
+fn object(stack: &Stack, user: &User, uid: &str) -> IncomingEmailServer {
+    let (spec, _) = support::incoming_spec(stack, user, IncomingProtocol::Imap, SecurityType::Ssl);
+    serde_json::from_value(json!({
+        "apiVersion": "mailroom.dev/v1alpha1", "kind": "IncomingEmailServer",
+        "metadata": {"name": "support", "namespace": NS, "uid": uid, "generation": 3, "finalizers": [FINALIZER]},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+struct Harness {
+    api: FakeApi,
+    ctx: Arc<Context>,
+    triggers: mpsc::UnboundedReceiver<ObjectRef<IncomingEmailServer>>,
+    _tickets: tempfile::TempDir,
+}
+
+fn harness(
+    stack: &Stack,
+    password: &str,
+    obj: &impl serde::Serialize,
+    outgoing: &[OutgoingEmailServer],
+) -> Harness {
+    let api = FakeApi::default();
+    api.secrets
+        .lock()
+        .unwrap()
+        .insert("mail".into(), secret("mail", "password", password));
+    api.secrets
+        .lock()
+        .unwrap()
+        .insert("ca".into(), secret("ca", "ca.crt", stack.ca_pem()));
+    *api.object.lock().unwrap() = serde_json::to_value(obj).unwrap();
+    let client = api.client();
+    let (incoming_store, _) = reflector::store();
+    let (outgoing_store, mut writer) = reflector::store();
+    for o in outgoing {
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(o.clone()));
+    }
+    let (incoming_trigger, triggers) = mpsc::unbounded_channel();
+    let (outgoing_trigger, _) = mpsc::unbounded_channel();
+    let tickets = tempfile::tempdir().unwrap();
+    let ctx = Arc::new(Context::new(ContextParts {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client,
+            Reporter {
+                controller: "mailroom".into(),
+                instance: None,
+            },
+        ),
+        incoming_store,
+        outgoing_store,
+        incoming_trigger,
+        outgoing_trigger,
+        default_sink: Some(tickets.path().to_owned()),
+        options: WorkerOptions {
+            backoff_base: Duration::from_millis(50),
+            backoff_cap: Duration::from_millis(500),
+            ..WorkerOptions::default()
+        },
+    }));
+    Harness {
+        api,
+        ctx,
+        triggers,
+        _tickets: tickets,
+    }
+}
+
+impl Harness {
+    /// Waits for the runtime to ask for a reconcile (its health changed).
+    async fn triggered(&mut self) {
+        tokio::time::timeout(Duration::from_secs(20), self.triggers.recv())
+            .await
+            .expect("the runtime asked for a reconcile")
+            .unwrap();
+    }
+
+    fn status_patches(&self) -> Vec<Value> {
+        self.api
+            .seen()
+            .into_iter()
+            .filter(|s| s.method == "PATCH" && s.path.ends_with("/status"))
+            .map(|s| s.body)
+            .collect()
+    }
+}
+
+fn condition<'a>(status: &'a Value, t: &str) -> Option<&'a Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == t)
+}
+
+#[tokio::test]
+async fn success_reads_the_secret_writes_ready_by_apply_and_then_nothing() {
+    let stack = Stack::shared();
+    let user = stack.create_user("ctl-ok").unwrap();
+    let mut obj = object(stack, &user, "uid-ok");
+    let mut h = harness(stack, &user.password, &obj, &[]);
+
+    reconcile_incoming(Arc::new(obj.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    let first = h.api.take();
+    let gets: Vec<&str> = first
+        .iter()
+        .filter(|s| s.method == "GET")
+        .map(|s| s.path.as_str())
+        .collect();
+    assert_eq!(
+        gets,
+        [
+            format!("/api/v1/namespaces/{NS}/secrets/ca"),
+            format!("/api/v1/namespaces/{NS}/secrets/mail"),
+        ],
+        "the Secrets named by the spec, read in reconcile"
+    );
+    let patch = first
+        .iter()
+        .find(|s| s.path.ends_with("/status"))
+        .expect("a status write");
+    assert_eq!(
+        patch.path,
+        format!("/apis/mailroom.dev/v1alpha1/namespaces/{NS}/incomingemailservers/support/status")
+    );
+    assert!(
+        patch.query.contains("fieldManager=mailroom") && patch.query.contains("force=true"),
+        "{}",
+        patch.query
+    );
+    assert_eq!(patch.body["kind"], "IncomingEmailServer");
+    assert!(first.iter().any(|s| s.method == "POST"
+        && s.path.contains("/events")
+        && s.body["reason"] == "WorkerStarted"));
+
+    // The worker connects, then enters IDLE; each asks for a reconcile.
+    h.triggered().await;
+    h.triggered().await;
+    obj.status = serde_json::from_value(patch.body["status"].clone()).unwrap();
+    reconcile_incoming(Arc::new(obj.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    let patches = h.status_patches();
+    let status = &patches.last().unwrap()["status"];
+    let ready = condition(status, "Ready").unwrap();
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("True"), Some("Connected")),
+        "{status:#}"
+    );
+    assert_eq!(ready["observedGeneration"], 3);
+    assert_eq!(
+        condition(status, "ConnectionVerified").unwrap()["status"],
+        "True"
+    );
+    assert!(condition(status, "Stalled").is_none() && condition(status, "Reconciling").is_none());
+    assert_eq!(status["connection"]["stageReached"], "Done");
+    assert_eq!(status["observedGeneration"], 3);
+    // The same function standalone mode uses computed it.
+    {
+        let running = h.ctx.incoming.lock().await;
+        let r = running.get("uid-ok").unwrap();
+        let now = jiff::Timestamp::now();
+        let again = r.runtime.status(Some(3), &[], now, now);
+        let types = |c: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
+            c.iter()
+                .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+                .collect::<Vec<_>>()
+        };
+        let written: mailroom::api::IncomingEmailServerStatus =
+            serde_json::from_value(status.clone()).unwrap();
+        assert_eq!(types(&again.conditions), types(&written.conditions));
+    }
+    assert!(
+        h.api
+            .seen()
+            .iter()
+            .any(|s| s.body["reason"] == "ConnectionVerified"),
+        "an event for the verified connection"
+    );
+
+    // Status as written: another reconcile writes nothing and restarts nothing.
+    obj.status = serde_json::from_value(status.clone()).unwrap();
+    h.api.take();
+    reconcile_incoming(Arc::new(obj.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    let third = h.api.take();
+    assert!(!third.is_empty());
+    assert!(
+        third.iter().all(|s| s.method == "GET"),
+        "no write: {third:?}"
+    );
+
+    // The cursor lives in a ConfigMap owned by the resource.
+    let cm = h
+        .api
+        .config_maps
+        .lock()
+        .unwrap()
+        .get("mailroom-cursor-support")
+        .cloned()
+        .expect("cursor saved");
+    assert_eq!(cm["metadata"]["ownerReferences"][0]["uid"], "uid-ok");
+    assert!(
+        cm["data"]["cursor.json"]
+            .as_str()
+            .unwrap()
+            .contains("uidValidity")
+    );
+
+    // Deletion: the worker stops, then the finalizer goes.
+    obj.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::now(),
+    ));
+    reconcile_incoming(Arc::new(obj), h.ctx.clone())
+        .await
+        .unwrap();
+    let last = h.api.take();
+    let fin = last
+        .iter()
+        .find(|s| s.method == "PATCH" && !s.path.ends_with("/status"))
+        .expect("finalizer removed");
+    assert!(fin.body.to_string().contains("remove"), "{}", fin.body);
+    assert!(h.ctx.incoming.lock().await.is_empty(), "the worker is gone");
+}
+
+#[tokio::test]
+async fn a_new_object_gets_the_finalizer_before_anything_else() {
+    let stack = Stack::shared();
+    let user = stack.create_user("ctl-fin").unwrap();
+    let mut obj = object(stack, &user, "uid-fin");
+    obj.metadata.finalizers = None;
+    let h = harness(stack, &user.password, &obj, &[]);
+    reconcile_incoming(Arc::new(obj), h.ctx.clone())
+        .await
+        .unwrap();
+    let seen = h.api.take();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].method, "PATCH");
+    assert!(
+        seen[0].body.to_string().contains(FINALIZER),
+        "{}",
+        seen[0].body
+    );
+    assert!(
+        h.ctx.incoming.lock().await.is_empty(),
+        "no worker before the finalizer is on"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_stalled_and_a_missing_secret_is_secret_not_found() {
+    let stack = Stack::shared();
+    let user = stack.create_user("ctl-bad").unwrap();
+    let mut obj = object(stack, &user, "uid-bad");
+    let mut h = harness(stack, "wrongwrongwrongw", &obj, &[]);
+    reconcile_incoming(Arc::new(obj.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    h.triggered().await;
+    obj.status =
+        serde_json::from_value(h.status_patches().last().unwrap()["status"].clone()).unwrap();
+    reconcile_incoming(Arc::new(obj.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    let status = h.status_patches().last().unwrap()["status"].clone();
+    let verified = condition(&status, "ConnectionVerified").unwrap();
+    assert_eq!(verified["reason"], "AuthenticationFailed", "{status:#}");
+    assert_eq!(condition(&status, "Stalled").unwrap()["status"], "True");
+    assert!(!status.to_string().contains("wrongwrongwrongw"));
+    assert!(h.api.seen().iter().any(|s| s.path.contains("/events")
+        && s.body["type"] == "Warning"
+        && s.body["reason"] == "AuthenticationFailed"));
+    h.ctx.stop_all().await;
+
+    let other = stack.create_user("ctl-missing").unwrap();
+    let obj = object(stack, &other, "uid-missing");
+    let h = harness(stack, &other.password, &obj, &[]);
+    h.api.secrets.lock().unwrap().remove("mail");
+    reconcile_incoming(Arc::new(obj), h.ctx.clone())
+        .await
+        .unwrap();
+    let status = h.status_patches().last().unwrap()["status"].clone();
+    assert_eq!(
+        condition(&status, "ConnectionVerified").unwrap()["reason"],
+        "SecretNotFound",
+        "{status:#}"
+    );
+    assert_eq!(condition(&status, "Ready").unwrap()["status"], "False");
+    assert_eq!(condition(&status, "Stalled").unwrap()["status"], "True");
+    assert!(
+        condition(&status, "ConnectionVerified").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("mail")
+    );
+}
+
+#[test]
+fn status_writes_do_not_pass_the_watch_filter_but_spec_annotation_and_deletion_do() {
+    let base: IncomingEmailServer = serde_json::from_value(json!({
+        "apiVersion": "mailroom.dev/v1alpha1", "kind": "IncomingEmailServer",
+        "metadata": {"name": "s", "namespace": NS, "generation": 1, "resourceVersion": "10"},
+        "spec": {"email": "a@example.com", "provider": "Gmail", "auth": {"passwordSecretRef": {"name": "p", "key": "k"}}},
+    }))
+    .unwrap();
+    let h = trigger_hash(&base);
+    let mut status_only = base.clone();
+    status_only.metadata.resource_version = Some("11".into());
+    status_only.status = Some(Default::default());
+    assert_eq!(
+        trigger_hash(&status_only),
+        h,
+        "a status write is filtered out"
+    );
+    let mut spec = base.clone();
+    spec.metadata.generation = Some(2);
+    assert_ne!(trigger_hash(&spec), h);
+    let mut retest = base.clone();
+    retest.metadata.annotations = Some([(TEST_ANNOTATION.to_owned(), "1".to_owned())].into());
+    assert_ne!(trigger_hash(&retest), h);
+    let mut fin = base.clone();
+    fin.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    assert_ne!(trigger_hash(&fin), h);
+    let mut deleting = base;
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+    );
+    assert_ne!(trigger_hash(&deleting), h);
+}
+
+#[test]
+fn the_secret_mapper_finds_the_servers_that_name_the_secret() {
+    let server = |ns: &str, name: &str, secret: &str| -> Arc<IncomingEmailServer> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "mailroom.dev/v1alpha1", "kind": "IncomingEmailServer",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"email": "a@example.com", "provider": "Gmail", "auth": {"passwordSecretRef": {"name": secret, "key": "k"}}},
+            }))
+            .unwrap(),
+        )
+    };
+    let servers = [
+        server(NS, "a", "shared"),
+        server(NS, "b", "other"),
+        server(NS, "c", "shared"),
+        server("elsewhere", "d", "shared"),
+    ];
+    let found: Vec<String> =
+        servers_referencing(&servers, NS, "shared", |s: &IncomingEmailServer| {
+            Names::incoming(&s.spec)
+        })
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(
+        found,
+        ["a", "c"],
+        "same namespace only, and only those that name it"
+    );
+}
+
+#[tokio::test]
+async fn the_lease_is_acquired_renewed_and_not_taken_from_a_live_holder() {
+    #[derive(Clone, Default)]
+    struct Leases {
+        lease: Arc<Mutex<Option<Value>>>,
+        seen: Arc<Mutex<Vec<String>>>,
+    }
+    let leases = Leases::default();
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let l = leases.clone();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let method = request.method().to_string();
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            l.seen.lock().unwrap().push(method.clone());
+            let (status, body) = match method.as_str() {
+                "GET" => l
+                    .lease
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .map_or_else(not_found, |v| (200, v)),
+                _ => {
+                    let mut v: Value = serde_json::from_slice(&bytes).unwrap();
+                    v["metadata"]["resourceVersion"] = json!("2");
+                    *l.lease.lock().unwrap() = Some(v.clone());
+                    (if method == "POST" { 201 } else { 200 }, v)
+                }
+            };
+            send.send_response(
+                Response::builder()
+                    .status(status)
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    let client = Client::new(service, "default");
+    let me = LeaseLock::new(
+        client.clone(),
+        NS,
+        "mailroom-leader",
+        "pod-a",
+        Duration::from_secs(15),
+    );
+    assert!(
+        me.try_acquire_or_renew().await.unwrap(),
+        "a missing Lease is created and held"
+    );
+    assert_eq!(leases.seen.lock().unwrap().as_slice(), ["GET", "POST"]);
+    assert!(me.try_acquire_or_renew().await.unwrap(), "renewed");
+    let held = leases.lease.lock().unwrap().clone().unwrap();
+    assert_eq!(held["spec"]["holderIdentity"], "pod-a");
+    assert_eq!(leases.seen.lock().unwrap()[2..], ["GET", "PUT"]);
+
+    let other = LeaseLock::new(
+        client,
+        NS,
+        "mailroom-leader",
+        "pod-b",
+        Duration::from_secs(15),
+    );
+    assert!(
+        !other.try_acquire_or_renew().await.unwrap(),
+        "a live Lease is not taken"
+    );
+    assert_eq!(
+        leases.seen.lock().unwrap().last().map(String::as_str),
+        Some("GET")
+    );
+    // The holder stops renewing: once expired, the other takes it over.
+    let mut expired = leases.lease.lock().unwrap().clone().unwrap();
+    expired["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z");
+    *leases.lease.lock().unwrap() = Some(expired);
+    assert!(other.try_acquire_or_renew().await.unwrap());
+    let taken = leases.lease.lock().unwrap().clone().unwrap();
+    assert_eq!(taken["spec"]["holderIdentity"], "pod-b");
+    assert_eq!(taken["spec"]["leaseTransitions"], 1);
+    assert!(
+        !me.try_acquire_or_renew().await.unwrap(),
+        "the old holder has lost it"
+    );
+}
+
+fn outgoing_object(stack: &Stack, user: &User, name: &str, uid: &str) -> OutgoingEmailServer {
+    serde_json::from_value(json!({
+        "apiVersion": "mailroom.dev/v1alpha1", "kind": "OutgoingEmailServer",
+        "metadata": {"name": name, "namespace": NS, "uid": uid, "generation": 1, "finalizers": [FINALIZER]},
+        "spec": {
+            "email": user.address, "provider": "Other", "server": "127.0.0.1",
+            "port": stack.ports().submission, "securityType": "TLS", "primary": true,
+            "authentication": {"passwordSecretRef": {"name": "mail", "key": "password"}},
+            "tls": {"caSecretRef": {"name": "ca", "key": "ca.crt"}},
+        },
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_outgoing_server_is_tested_against_postfix_and_two_primaries_conflict() {
+    let stack = Stack::shared();
+    let user = stack.create_user("ctl-out").unwrap();
+    let mut obj = outgoing_object(stack, &user, "helpdesk", "uid-out");
+    let other = outgoing_object(stack, &user, "backup", "uid-backup");
+    let h = harness(stack, &user.password, &obj, &[obj.clone(), other]);
+    reconcile_outgoing(Arc::new(obj.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    // Wait for the SMTP test (DNS, TCP, STARTTLS, EHLO, AUTH) to finish.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let done = {
+            let running = h.ctx.outgoing.lock().await;
+            running
+                .get("uid-out")
+                .is_some_and(|r| r.runtime.shared.lock().report.is_some())
+        };
+        if done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the SMTP test never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    obj.status =
+        serde_json::from_value(h.status_patches().last().unwrap()["status"].clone()).unwrap();
+    reconcile_outgoing(Arc::new(obj), h.ctx.clone())
+        .await
+        .unwrap();
+    let status = h.status_patches().last().unwrap()["status"].clone();
+    assert_eq!(
+        condition(&status, "Ready").unwrap()["status"],
+        "True",
+        "{status:#}"
+    );
+    assert!(
+        status["connection"]["capabilities"]
+            .to_string()
+            .contains("AUTH=PLAIN")
+    );
+    let conflict = condition(&status, "PrimaryConflict").expect("two primaries are reported");
+    assert!(
+        conflict["message"].as_str().unwrap().contains("backup"),
+        "{conflict}"
+    );
+    assert!(
+        h.ctx.outbox.get(NS, "helpdesk").is_some(),
+        "registered for sending"
+    );
+}
+
+#[tokio::test]
+async fn startup_names_missing_crds_and_missing_rbac() {
+    for (code, expect) in [(404, "kubectl apply -f crds/"), (403, "RBAC")] {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        tokio::spawn(async move {
+            while let Some((_, send)) = handle.next_request().await {
+                let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "no", "reason": "x", "code": code});
+                send.send_response(
+                    Response::builder()
+                        .status(code)
+                        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+        let client = Client::new(service, "default");
+        let err = mailroom::controller::run::check_startup(&client, None)
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains(expect) && err.contains("IncomingEmailServer"),
+            "{err}"
+        );
+    }
+}
