@@ -58,9 +58,14 @@ enum Command {
     /// Run in a cluster (in-cluster config or KUBECONFIG): reconcile every
     /// IncomingEmailServer and OutgoingEmailServer and write their status.
     Controller {
-        /// Watch only this namespace (default: all).
-        #[arg(long, value_name = "NS")]
-        namespace: Option<String>,
+        /// Watch only these namespaces, comma-separated (default: all).
+        #[arg(
+            long = "watch-namespaces",
+            visible_alias = "namespace",
+            value_name = "NS,…",
+            value_delimiter = ','
+        )]
+        namespaces: Vec<String>,
         /// Ticket folder (e.g. a volume) for resources that name no sink.
         #[arg(long, value_name = "DIR")]
         default_sink_dir: Option<PathBuf>,
@@ -158,7 +163,7 @@ fn main() -> ExitCode {
             secret_files,
         } => return test_connection(files, secret_files),
         Command::Controller {
-            namespace,
+            namespaces,
             default_sink_dir,
             health_listen,
             listen,
@@ -172,7 +177,7 @@ fn main() -> ExitCode {
             });
             runtime()?.block_on(async {
                 controller::run::run(ControllerOptions {
-                    namespace,
+                    namespaces,
                     default_sink: default_sink_dir,
                     health_listen,
                     submission_listen: listen,

@@ -185,6 +185,7 @@ fn harness(
                 instance: None,
             },
         ),
+        outbox: Arc::new(mailroom::outgoing::Outbox::new()),
         incoming_store,
         outgoing_store,
         incoming_trigger,

@@ -17,8 +17,8 @@ use crate::status::Health;
 pub struct Probe {
     /// Set once the startup checks passed.
     pub ready: Arc<AtomicBool>,
-    /// Set once this replica leads and its controllers run.
-    pub context: Arc<OnceLock<Arc<Context>>>,
+    /// Set once this replica leads and its controllers run (one per scope).
+    pub contexts: Arc<OnceLock<Vec<Arc<Context>>>>,
 }
 
 pub fn router(probe: Probe) -> Router {
@@ -44,14 +44,14 @@ fn escape(v: &str) -> String {
 }
 
 async fn metrics(State(p): State<Probe>) -> String {
-    match p.context.get() {
-        Some(ctx) => render(ctx).await,
+    match p.contexts.get() {
+        Some(contexts) => render(contexts).await,
         None => "# this replica does not lead: no workers here\n".to_owned(),
     }
 }
 
 /// The metrics text.
-pub async fn render(ctx: &Context) -> String {
+pub async fn render(contexts: &[Arc<Context>]) -> String {
     type Family = (&'static str, &'static str, &'static str, Vec<(String, u64)>);
     let mut families: Vec<Family> = vec![
         (
@@ -110,48 +110,50 @@ pub async fn render(ctx: &Context) -> String {
         ),
     ];
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    for r in ctx.incoming.lock().await.values() {
-        let labels = format!(
-            "kind=\"IncomingEmailServer\",namespace=\"{}\",name=\"{}\"",
-            escape(&r.namespace),
-            escape(&r.name)
-        );
-        if let Some(s) = r.runtime.stats() {
+    for ctx in contexts {
+        for r in ctx.incoming.lock().await.values() {
+            let labels = format!(
+                "kind=\"IncomingEmailServer\",namespace=\"{}\",name=\"{}\"",
+                escape(&r.namespace),
+                escape(&r.name)
+            );
+            if let Some(s) = r.runtime.stats() {
+                for (i, v) in [
+                    load(&s.fetched),
+                    load(&s.tickets_created),
+                    load(&s.rejected),
+                    load(&s.failed),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    families[i].3.push((labels.clone(), v));
+                }
+            }
+            let ready = u64::from(r.runtime.shared.lock().health == Health::Connected);
+            families[8].3.push((labels, ready));
+        }
+        for r in ctx.outgoing.lock().await.values() {
+            let labels = format!(
+                "kind=\"OutgoingEmailServer\",namespace=\"{}\",name=\"{}\"",
+                escape(&r.namespace),
+                escape(&r.name)
+            );
+            let s = &r.runtime.stats;
             for (i, v) in [
-                load(&s.fetched),
-                load(&s.tickets_created),
-                load(&s.rejected),
+                load(&s.sent),
+                load(&s.blocked),
                 load(&s.failed),
+                load(&s.failovers),
             ]
             .into_iter()
             .enumerate()
             {
-                families[i].3.push((labels.clone(), v));
+                families[4 + i].3.push((labels.clone(), v));
             }
+            let ready = u64::from(r.runtime.shared.lock().health == Health::Connected);
+            families[8].3.push((labels, ready));
         }
-        let ready = u64::from(r.runtime.shared.lock().health == Health::Connected);
-        families[8].3.push((labels, ready));
-    }
-    for r in ctx.outgoing.lock().await.values() {
-        let labels = format!(
-            "kind=\"OutgoingEmailServer\",namespace=\"{}\",name=\"{}\"",
-            escape(&r.namespace),
-            escape(&r.name)
-        );
-        let s = &r.runtime.stats;
-        for (i, v) in [
-            load(&s.sent),
-            load(&s.blocked),
-            load(&s.failed),
-            load(&s.failovers),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            families[4 + i].3.push((labels.clone(), v));
-        }
-        let ready = u64::from(r.runtime.shared.lock().health == Health::Connected);
-        families[8].3.push((labels, ready));
     }
     let mut out = String::new();
     for (name, kind, help, samples) in families {

@@ -91,6 +91,8 @@ impl std::fmt::Debug for Context {
 pub struct ContextParts {
     pub client: Client,
     pub recorder: Recorder,
+    /// Shared by every scope, and by the submission endpoint.
+    pub outbox: Arc<Outbox>,
     pub incoming_store: Store<IncomingEmailServer>,
     pub outgoing_store: Store<OutgoingEmailServer>,
     pub incoming_trigger: mpsc::UnboundedSender<ObjectRef<IncomingEmailServer>>,
@@ -103,7 +105,7 @@ impl Context {
     pub fn new(p: ContextParts) -> Self {
         Self {
             client: p.client,
-            outbox: Arc::new(Outbox::new()),
+            outbox: p.outbox,
             recorder: p.recorder,
             incoming: Mutex::default(),
             outgoing: Mutex::default(),

@@ -26,6 +26,7 @@ use super::{
 };
 use crate::api::{IncomingEmailServer, OutgoingEmailServer};
 use crate::incoming::worker::WorkerOptions;
+use crate::outgoing::Outbox;
 use crate::submission::{self, Tokens};
 
 /// Reconciles running at once, per kind.
@@ -35,8 +36,8 @@ const LEASE_DURATION: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Debug)]
 pub struct ControllerOptions {
-    /// Watch only this namespace; None: all.
-    pub namespace: Option<String>,
+    /// Watch only these namespaces; empty: all.
+    pub namespaces: Vec<String>,
     /// Ticket folder for resources that name no sink.
     pub default_sink: Option<PathBuf>,
     pub health_listen: SocketAddr,
@@ -130,10 +131,16 @@ fn stream_of<T: Send + 'static>(
 
 pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
     let client = Client::try_default().await.map_err(RunError::Client)?;
-    let ns = opts.namespace.as_deref();
-    check_startup(&client, ns)
-        .await
-        .map_err(RunError::Startup)?;
+    if opts.namespaces.is_empty() {
+        check_startup(&client, None)
+            .await
+            .map_err(RunError::Startup)?;
+    }
+    for ns in &opts.namespaces {
+        check_startup(&client, Some(ns))
+            .await
+            .map_err(RunError::Startup)?;
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -171,10 +178,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
     }
     tracing::info!("leading: starting the controllers");
 
-    let (incoming_store, incoming_writer) = reflector::store();
-    let (outgoing_store, outgoing_writer) = reflector::store();
-    let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
-    let (outgoing_tx, outgoing_rx) = mpsc::unbounded_channel();
+    let outbox = Arc::new(Outbox::new());
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -182,36 +186,6 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
             instance: Some(opts.identity.clone()),
         },
     );
-    let ctx = Arc::new(Context::new(ContextParts {
-        client: client.clone(),
-        recorder,
-        incoming_store: incoming_store.clone(),
-        outgoing_store: outgoing_store.clone(),
-        incoming_trigger: incoming_tx,
-        outgoing_trigger: outgoing_tx,
-        default_sink: opts.default_sink.clone(),
-        options: WorkerOptions::default(),
-    }));
-    let _ = probe.context.set(ctx.clone());
-
-    let submission_task = match opts.tokens.clone() {
-        Some(tokens) => {
-            let listener = listen(opts.submission_listen).await?;
-            let mut stop = stop_rx.clone();
-            Some(tokio::spawn(submission::serve(
-                listener,
-                submission::router(ctx.outbox.clone(), Arc::new(tokens)),
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            )))
-        }
-        None => {
-            tracing::warn!("submission endpoint off: no token configured");
-            None
-        }
-    };
-
     // Ends when asked to stop or when leadership is lost.
     let shutdown = {
         let stop = stop_rx.clone();
@@ -227,11 +201,92 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
             }
         }
     };
+    let scopes: Vec<Option<&str>> = if opts.namespaces.is_empty() {
+        vec![None]
+    } else {
+        opts.namespaces.iter().map(|n| Some(n.as_str())).collect()
+    };
+    let mut contexts = Vec::new();
+    let mut running = Vec::new();
+    for scope in scopes {
+        let (ctx, controllers) = scope_controllers(
+            &client,
+            scope,
+            outbox.clone(),
+            recorder.clone(),
+            opts.default_sink.clone(),
+            &shutdown,
+        );
+        contexts.push(ctx);
+        running.push(controllers);
+    }
+    let _ = probe.contexts.set(contexts.clone());
+
+    let submission_task = match opts.tokens.clone() {
+        Some(tokens) => {
+            let listener = listen(opts.submission_listen).await?;
+            let mut stop = stop_rx.clone();
+            Some(tokio::spawn(submission::serve(
+                listener,
+                submission::router(outbox.clone(), Arc::new(tokens)),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        None => {
+            tracing::warn!("submission endpoint off: no token configured");
+            None
+        }
+    };
+
+    futures::future::join_all(running).await;
+    tracing::info!("stopping every worker after its message in flight");
+    for ctx in &contexts {
+        ctx.stop_all().await;
+    }
+    if let Some(t) = submission_task {
+        let _ = t.await;
+    }
+    if *stop_rx.borrow() {
+        Ok(())
+    } else {
+        Err(RunError::LostLeadership)
+    }
+}
+
+/// Both Controllers over one scope (a namespace, or all), sharing `outbox`.
+fn scope_controllers<F>(
+    client: &Client,
+    ns: Option<&str>,
+    outbox: Arc<Outbox>,
+    recorder: Recorder,
+    default_sink: Option<PathBuf>,
+    shutdown: &impl Fn() -> F,
+) -> (Arc<Context>, futures::future::BoxFuture<'static, ()>)
+where
+    F: Future<Output = ()> + Send + Sync + 'static,
+{
+    let (incoming_store, incoming_writer) = reflector::store();
+    let (outgoing_store, outgoing_writer) = reflector::store();
+    let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
+    let (outgoing_tx, outgoing_rx) = mpsc::unbounded_channel();
+    let ctx = Arc::new(Context::new(ContextParts {
+        client: client.clone(),
+        recorder,
+        outbox,
+        incoming_store: incoming_store.clone(),
+        outgoing_store: outgoing_store.clone(),
+        incoming_trigger: incoming_tx,
+        outgoing_trigger: outgoing_tx,
+        default_sink,
+        options: WorkerOptions::default(),
+    }));
     let config = ControllerConfig::default().concurrency(CONCURRENCY);
     let secrets = || {
         // Metadata only: Secret values are read in reconcile, never cached.
         watcher(
-            scoped::<PartialObjectMeta<Secret>>(&client, ns),
+            scoped::<PartialObjectMeta<Secret>>(client, ns),
             watcher::Config::default(),
         )
         .default_backoff()
@@ -241,7 +296,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
     let incoming = {
         let store = incoming_store.clone();
         let stream = watcher(
-            scoped::<IncomingEmailServer>(&client, ns),
+            scoped::<IncomingEmailServer>(client, ns),
             watcher::Config::default(),
         )
         .default_backoff()
@@ -266,7 +321,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
     let outgoing = {
         let store = outgoing_store.clone();
         let stream = watcher(
-            scoped::<OutgoingEmailServer>(&client, ns),
+            scoped::<OutgoingEmailServer>(client, ns),
             watcher::Config::default(),
         )
         .default_backoff()
@@ -288,15 +343,8 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
             .run(reconcile_outgoing, error_policy, ctx.clone())
             .for_each(|_| async {})
     };
-    tokio::join!(incoming, outgoing);
-    tracing::info!("stopping every worker after its message in flight");
-    ctx.stop_all().await;
-    if let Some(t) = submission_task {
-        let _ = t.await;
-    }
-    if *stop_rx.borrow() {
-        Ok(())
-    } else {
-        Err(RunError::LostLeadership)
-    }
+    let both = async move {
+        tokio::join!(incoming, outgoing);
+    };
+    (ctx, Box::pin(both))
 }
