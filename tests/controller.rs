@@ -332,6 +332,15 @@ async fn success_reads_the_secret_writes_ready_by_apply_and_then_nothing() {
         "no write: {third:?}"
     );
 
+    let metrics = mailroom::controller::http::render(std::slice::from_ref(&h.ctx)).await;
+    assert!(
+        metrics.contains(&format!(
+            "mailroom_ready{{kind=\"IncomingEmailServer\",namespace=\"{NS}\",name=\"support\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("# TYPE mailroom_messages_fetched_total counter"));
+
     // The cursor lives in a ConfigMap owned by the resource.
     let cm = h
         .api
