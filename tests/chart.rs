@@ -1,0 +1,578 @@
+//! The Helm chart, the plain install manifest and the Argo CD health check,
+//! checked with real tools: helm (lint, template), the Kubernetes 1.35 JSON
+//! schemas (kubernetes-validate) and a Lua interpreter. `scripts/install-tools`
+//! puts helm and the validator in `.tools/`; `scripts/install-deps` installs Lua.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tool(rel: &str) -> PathBuf {
+    let path = root().join(".tools").join(rel);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/install-tools",
+        path.display()
+    );
+    path
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const ALL_ON: &str = r#"
+replicaCount: 2
+watchNamespaces: [helpdesk, hr]
+submission:
+  tokensSecret: mailroom-tokens
+defaultSink:
+  persistentVolumeClaim: mailroom-tickets
+serviceMonitor:
+  enabled: true
+podDisruptionBudget:
+  enabled: true
+networkPolicy:
+  enabled: true
+  apiServer:
+    cidrs: [10.0.0.1/32]
+  ingressFrom:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: monitoring
+"#;
+
+/// `helm template` with extra arguments; the documents, parsed.
+fn template(args: &[&str]) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("all-on.yaml");
+    std::fs::write(&values, ALL_ON).unwrap();
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.replace("@all-on", values.to_str().unwrap()))
+        .collect();
+    let out = run(Command::new(tool("bin/helm"))
+        .args([
+            "template",
+            "mailroom",
+            "charts/mailroom",
+            "--namespace",
+            "mailroom",
+        ])
+        .args(&args)
+        .current_dir(root()));
+    documents(&out)
+}
+
+fn documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    docs.iter()
+        .map(|d| d["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn helm_lint_is_clean_with_defaults_and_with_every_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("all-on.yaml");
+    std::fs::write(&values, ALL_ON).unwrap();
+    for extra in [vec![], vec!["-f".to_owned(), values.display().to_string()]] {
+        let out = run(Command::new(tool("bin/helm"))
+            .args(["lint", "charts/mailroom", "--strict"])
+            .args(&extra)
+            .current_dir(root()));
+        assert!(out.contains("0 chart(s) failed"), "{out}");
+        assert!(
+            !out.contains("[WARNING]") && !out.contains("[ERROR]"),
+            "{out}"
+        );
+    }
+    // An unknown value is refused by values.schema.json.
+    let out = Command::new(tool("bin/helm"))
+        .args(["template", "charts/mailroom", "--set", "replicas=2"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replicas"));
+}
+
+#[test]
+fn rendered_manifests_pass_the_kubernetes_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, args) in [
+        ("defaults", vec![]),
+        (
+            "all-on",
+            vec![
+                "-f",
+                "@all-on",
+                "--api-versions",
+                "monitoring.coreos.com/v1/ServiceMonitor",
+            ],
+        ),
+    ] {
+        let docs = template(&args);
+        // The validator has no schema for the Prometheus Operator's kind.
+        let core: Vec<&Value> = docs
+            .iter()
+            .filter(|d| d["kind"] != "ServiceMonitor")
+            .collect();
+        let text: String = core
+            .iter()
+            .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+            .collect();
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, text).unwrap();
+        let out = run(Command::new(tool("venv/bin/kubernetes-validate"))
+            .args(["-k", "1.35.0", "--strict", "--quiet"])
+            .arg(&file));
+        assert!(!out.contains("ERROR"), "{out}");
+    }
+}
+
+#[test]
+fn the_optional_parts_appear_only_when_asked_for() {
+    let defaults = kinds(&template(&[]));
+    for k in ["ServiceMonitor", "PodDisruptionBudget", "NetworkPolicy"] {
+        assert!(!defaults.contains(&k.to_owned()), "{k} is off by default");
+    }
+    assert!(defaults.contains(&"ClusterRole".to_owned()));
+    let all = kinds(&template(&[
+        "-f",
+        "@all-on",
+        "--api-versions",
+        "monitoring.coreos.com/v1/ServiceMonitor",
+    ]));
+    for k in ["ServiceMonitor", "PodDisruptionBudget", "NetworkPolicy"] {
+        assert!(all.contains(&k.to_owned()), "{k} when enabled");
+    }
+    assert!(
+        !all.contains(&"ClusterRole".to_owned()),
+        "namespaced Roles instead"
+    );
+    let without_crd = kinds(&template(&["--set", "serviceMonitor.enabled=true"]));
+    assert!(
+        !without_crd.contains(&"ServiceMonitor".to_owned()),
+        "skipped when its CRD is absent"
+    );
+}
+
+#[test]
+fn the_deployment_is_locked_down_and_runs_the_controller() {
+    let docs = template(&[
+        "-f",
+        "@all-on",
+        "--api-versions",
+        "monitoring.coreos.com/v1/ServiceMonitor",
+    ]);
+    let d = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(
+        c["resources"]["limits"]["memory"].is_string()
+            && c["resources"]["requests"]["cpu"].is_string()
+    );
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "controller");
+    for a in [
+        "--watch-namespaces=helpdesk,hr",
+        "--token-file=/etc/mailroom/tokens/tokens",
+        "--default-sink-dir=/var/lib/mailroom/tickets",
+        "--leader-election=true",
+    ] {
+        assert!(args.contains(&a), "{args:?}");
+    }
+    // Every flag the chart passes is one the binary knows.
+    let help = run(Command::new(env!("CARGO_BIN_EXE_mailroom")).args(["controller", "--help"]));
+    for a in &args[1..] {
+        let flag = a.split('=').next().unwrap();
+        assert!(
+            help.contains(flag),
+            "{flag} is not a flag of `mailroom controller`"
+        );
+    }
+    assert_eq!(d["spec"]["replicas"], 2);
+}
+
+#[derive(Deserialize)]
+struct Rule {
+    #[serde(rename = "apiGroups")]
+    api_groups: Vec<String>,
+    resources: Vec<String>,
+    verbs: Vec<String>,
+}
+
+type Grants = BTreeSet<(String, String, String)>;
+
+fn grants(rules: &Value) -> Grants {
+    let rules: Vec<Rule> = serde_json::from_value(rules.clone()).unwrap();
+    let mut out = Grants::new();
+    for r in rules {
+        for g in &r.api_groups {
+            for res in &r.resources {
+                for v in &r.verbs {
+                    out.insert((g.clone(), res.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The RBAC table of docs/operations.md.
+fn documented() -> Grants {
+    let text = std::fs::read_to_string(root().join("docs/operations.md")).unwrap();
+    let section = text
+        .split("## RBAC")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut out = Grants::new();
+    for line in section.lines().filter(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 5 || cells[1] == "API group" || cells[1].starts_with("---") {
+            continue;
+        }
+        let group = if cells[1] == "core" {
+            String::new()
+        } else {
+            cells[1].trim_matches('`').to_owned()
+        };
+        for res in cells[2].split(',').map(|r| r.trim().trim_matches('`')) {
+            for verb in cells[3].split(',').map(str::trim) {
+                out.insert((group.clone(), res.to_owned(), verb.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn rbac_in_the_chart_is_what_the_operations_guide_lists() {
+    let docs = template(&[]);
+    let mut rendered = Grants::new();
+    for d in docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+    {
+        rendered.extend(grants(&d["rules"]));
+    }
+    assert_eq!(rendered, documented());
+    // Limited to namespaces: the same rules, in a Role per namespace.
+    let docs = template(&["-f", "@all-on"]);
+    let roles: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Role" && d["metadata"]["name"] == "mailroom")
+        .collect();
+    let namespaces: Vec<&str> = roles
+        .iter()
+        .map(|r| r["metadata"]["namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(namespaces, ["helpdesk", "hr"]);
+    let leases: Grants = documented()
+        .into_iter()
+        .filter(|g| g.1 == "leases")
+        .collect();
+    for r in roles {
+        let g = grants(&r["rules"]);
+        assert_eq!(
+            g,
+            documented()
+                .difference(&leases)
+                .cloned()
+                .collect::<Grants>()
+        );
+    }
+}
+
+fn generated_crds() -> Vec<(String, Value)> {
+    let dir = root().join("crds");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap().to_owned();
+            (
+                name,
+                documents(&std::fs::read_to_string(p).unwrap()).remove(0),
+            )
+        })
+        .collect()
+}
+
+fn numbers_as_f64(v: Value) -> Value {
+    match v {
+        Value::Number(n) => json!(n.as_f64().unwrap()),
+        Value::Array(a) => Value::Array(a.into_iter().map(numbers_as_f64).collect()),
+        Value::Object(o) => {
+            Value::Object(o.into_iter().map(|(k, v)| (k, numbers_as_f64(v))).collect())
+        }
+        other => other,
+    }
+}
+
+#[test]
+fn the_chart_crds_are_the_generated_ones() {
+    for (name, crd) in generated_crds() {
+        let copy = root().join("charts/mailroom/files/crds").join(&name);
+        assert_eq!(
+            std::fs::read(&copy).unwrap_or_default(),
+            std::fs::read(root().join("crds").join(&name)).unwrap(),
+            "{} differs from crds/{name}: cargo run -- crd --dir charts/mailroom/files/crds",
+            copy.display()
+        );
+        let rendered = template(&[]);
+        let mut found = rendered
+            .into_iter()
+            .find(|d| {
+                d["kind"] == "CustomResourceDefinition"
+                    && d["metadata"]["name"] == crd["metadata"]["name"]
+            })
+            .unwrap();
+        assert_eq!(
+            found["metadata"]["annotations"]["helm.sh/resource-policy"],
+            "keep"
+        );
+        found["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("annotations");
+        // helm writes 65535.0 as 65535: compare numbers by value.
+        assert!(
+            numbers_as_f64(found) == numbers_as_f64(crd),
+            "the rendered {name} is not the generated CRD"
+        );
+    }
+    assert!(
+        !kinds(&template(&["--set", "crds.enabled=false"]))
+            .contains(&"CustomResourceDefinition".to_owned())
+    );
+    let unkept = template(&["--set", "crds.keep=false"]);
+    assert!(
+        unkept
+            .iter()
+            .filter(|d| d["kind"] == "CustomResourceDefinition")
+            .all(|d| d["metadata"]["annotations"].is_null())
+    );
+}
+
+#[test]
+fn the_plain_install_manifest_is_the_rendered_chart() {
+    let fresh = run(Command::new(tool("bin/helm"))
+        .args([
+            "template",
+            "mailroom",
+            "charts/mailroom",
+            "--namespace",
+            "mailroom",
+            "--set",
+            "crds.enabled=false",
+        ])
+        .current_dir(root()));
+    let kept = std::fs::read_to_string(root().join("deploy/install.yaml")).unwrap();
+    assert_eq!(
+        kept, fresh,
+        "deploy/install.yaml is stale: helm template mailroom charts/mailroom -n mailroom --set crds.enabled=false > deploy/install.yaml"
+    );
+}
+
+fn leaf_paths(v: &serde_yaml::Value, prefix: &str, out: &mut Vec<String>) {
+    match v {
+        serde_yaml::Value::Mapping(m) if !m.is_empty() && !prefix.ends_with("resources") => {
+            for (k, v) in m {
+                let k = k.as_str().unwrap();
+                let p = if prefix.is_empty() {
+                    k.to_owned()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaf_paths(v, &p, out);
+            }
+        }
+        _ => out.push(prefix.to_owned()),
+    }
+}
+
+#[test]
+fn every_value_is_in_the_schema_and_the_chart_readme() {
+    let values: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("charts/mailroom/values.yaml")).unwrap(),
+    )
+    .unwrap();
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("charts/mailroom/values.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let readme = std::fs::read_to_string(root().join("charts/mailroom/README.md")).unwrap();
+    let mut paths = Vec::new();
+    leaf_paths(&values, "", &mut paths);
+    for path in paths {
+        let mut node = &schema;
+        for part in path.split('.') {
+            node = &node["properties"][part];
+            assert!(!node.is_null(), "{path} is not in values.schema.json");
+        }
+        let documented = if path == "resources" {
+            "`resources.requests`".to_owned()
+        } else {
+            format!("`{path}`")
+        };
+        assert!(
+            readme.contains(&documented),
+            "{path} is not in the chart README"
+        );
+    }
+}
+
+/// A JSON value as a Lua table constructor.
+fn lua(v: &Value) -> String {
+    match v {
+        Value::Null => "nil".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Array(a) => format!("{{{}}}", a.iter().map(lua).collect::<Vec<_>>().join(", ")),
+        Value::Object(o) => format!(
+            "{{{}}}",
+            o.iter()
+                .map(|(k, v)| format!("[{k:?}] = {}", lua(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn health(obj: &Value, script: &Path) -> String {
+    let program = format!(
+        "obj = {}\nlocal hs = dofile({:?})\nio.write(hs.status)",
+        lua(obj),
+        script.display().to_string()
+    );
+    let out = Command::new("lua5.4")
+        .args(["-e", &program])
+        .output()
+        .expect("lua5.4: run scripts/install-deps");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cond(t: &str, status: &str, reason: &str) -> Value {
+    json!({"type": t, "status": status, "reason": reason, "message": format!("{t} {reason}")})
+}
+
+#[test]
+fn the_argocd_health_check_maps_every_outcome() {
+    let script = root().join("deploy/argocd/health.lua");
+    let obj = |generation: i64, observed: Option<i64>, conditions: Vec<Value>| {
+        let mut status = json!({"conditions": conditions});
+        if let Some(o) = observed {
+            status["observedGeneration"] = json!(o);
+        }
+        json!({"metadata": {"name": "s", "generation": generation}, "status": status})
+    };
+    let cases = [
+        (
+            json!({"metadata": {"name": "s", "generation": 1}}),
+            "Progressing",
+        ),
+        (
+            obj(2, Some(1), vec![cond("Ready", "True", "Connected")]),
+            "Progressing",
+        ),
+        (
+            obj(
+                2,
+                Some(2),
+                vec![
+                    cond("Ready", "True", "Connected"),
+                    cond("ConnectionVerified", "True", "Connected"),
+                ],
+            ),
+            "Healthy",
+        ),
+        (
+            obj(
+                2,
+                Some(2),
+                vec![
+                    cond("Ready", "False", "AuthenticationFailed"),
+                    cond("Stalled", "True", "AuthenticationFailed"),
+                ],
+            ),
+            "Degraded",
+        ),
+        (
+            obj(
+                2,
+                Some(2),
+                vec![
+                    cond("Ready", "False", "ConnectionRefused"),
+                    cond("Reconciling", "True", "ConnectionRefused"),
+                ],
+            ),
+            "Progressing",
+        ),
+        (
+            obj(2, Some(2), vec![cond("Ready", "False", "Disabled")]),
+            "Suspended",
+        ),
+    ];
+    for (o, expect) in cases {
+        assert_eq!(health(&o, &script), expect, "{o}");
+    }
+    // The argocd-cm snippet carries the same script for both kinds.
+    let cm: Value =
+        documents(&std::fs::read_to_string(root().join("deploy/argocd/argocd-cm.yaml")).unwrap())
+            .remove(0);
+    let lua_text = std::fs::read_to_string(&script).unwrap();
+    for kind in ["IncomingEmailServer", "OutgoingEmailServer"] {
+        let key = format!("resource.customizations.health.mailroom.dev_{kind}");
+        assert_eq!(cm["data"][&key].as_str(), Some(lua_text.as_str()), "{key}");
+    }
+}
