@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use mailroom::config::{SecretError, SecretSource};
 use mailroom::incoming::IncomingSettings;
 use mailroom::incoming::worker::{Worker, WorkerEvent, WorkerOptions};
 use mailroom::sinks::{DirectorySink, Sink};
@@ -19,17 +18,9 @@ use testbed::{Options, Stack};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-struct Secrets(Vec<(String, String, String)>);
+mod support;
 
-impl SecretSource for Secrets {
-    fn get(&self, name: &str, key: &str) -> Result<Vec<u8>, SecretError> {
-        self.0
-            .iter()
-            .find(|(n, k, _)| n == name && k == key)
-            .map(|(_, _, v)| v.as_bytes().to_vec())
-            .ok_or_else(|| SecretError::NotFound { name: name.into() })
-    }
-}
+use support::Secrets;
 
 const WORDS: &[&str] = &[
     "printer", "network", "password", "reset", "laptop", "screen", "error", "please", "help",

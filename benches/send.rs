@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use lettre::Address;
-use mailroom::config::{SecretError, SecretSource};
 use mailroom::connection::Probe;
 use mailroom::outgoing::{
     DEFAULT_POOL_SIZE, Identity, Outbox, Outcome, OutgoingMessage, OutgoingServer,
@@ -20,17 +19,9 @@ use mailroom::outgoing::{
 };
 use testbed::{Options, Stack};
 
-struct Secrets(Vec<(String, String, String)>);
+mod support;
 
-impl SecretSource for Secrets {
-    fn get(&self, name: &str, key: &str) -> Result<Vec<u8>, SecretError> {
-        self.0
-            .iter()
-            .find(|(n, k, _)| n == name && k == key)
-            .map(|(_, _, v)| v.as_bytes().to_vec())
-            .ok_or_else(|| SecretError::NotFound { name: name.into() })
-    }
-}
+use support::Secrets;
 
 fn message(to: &str, i: usize) -> OutgoingMessage {
     OutgoingMessage {

@@ -9,6 +9,7 @@ pub mod filter;
 pub mod incoming;
 pub mod outgoing;
 pub mod runtime;
+pub mod signals;
 pub mod sinks;
 pub mod standalone;
 pub mod state;

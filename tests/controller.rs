@@ -23,6 +23,7 @@ use mailroom::controller::{
     reconcile_outgoing, servers_referencing, trigger_hash,
 };
 use mailroom::incoming::worker::WorkerOptions;
+use mailroom::runtime::Runtime;
 use serde_json::{Value, json};
 use testbed::{Stack, User};
 use tokio::sync::mpsc;

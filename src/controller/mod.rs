@@ -29,7 +29,7 @@ use tokio::sync::{Mutex, mpsc};
 use crate::api::{IncomingEmailServer, OutgoingEmailServer};
 use crate::incoming::worker::WorkerOptions;
 use crate::outgoing::Outbox;
-use crate::runtime::{IncomingInputs, IncomingRuntime, OutgoingRuntime, config_hash};
+use crate::runtime::{IncomingInputs, IncomingRuntime, OutgoingRuntime, Runtime, config_hash};
 use crate::status::conditions::{READY, primary_conflict};
 pub use references::{Fetched, Names};
 
@@ -268,17 +268,32 @@ fn identity<K: Resource>(obj: &K) -> Result<(String, String, String), Error> {
     ))
 }
 
-/// Reconciles an IncomingEmailServer.
-pub async fn reconcile_incoming(
-    obj: Arc<IncomingEmailServer>,
+/// Runs `apply`, or `cleanup` while the object is being deleted, behind the
+/// finalizer; a success resets the object's backoff.
+async fn reconcile_with<K, A, FA, C, FC>(
+    obj: Arc<K>,
     ctx: Arc<Context>,
-) -> Result<Action, Error> {
+    apply: A,
+    cleanup: C,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+    A: FnOnce(Arc<K>, Arc<Context>) -> FA,
+    FA: Future<Output = Result<Action, Error>>,
+    C: FnOnce(Arc<K>, Arc<Context>) -> FC,
+    FC: Future<Output = Result<Action, Error>>,
+{
     let (ns, _, uid) = identity(obj.as_ref())?;
-    let api: Api<IncomingEmailServer> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, obj, |event| async {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let c = ctx.clone();
+    let result = finalizer(&api, FINALIZER, obj, |event| async move {
         match event {
-            Finalizer::Apply(o) => apply_incoming(o, &ctx).await,
-            Finalizer::Cleanup(o) => cleanup_incoming(o, &ctx).await,
+            Finalizer::Apply(o) => apply(o, c).await,
+            Finalizer::Cleanup(o) => cleanup(o, c).await,
         }
     })
     .await
@@ -292,7 +307,61 @@ pub async fn reconcile_incoming(
     result
 }
 
-async fn apply_incoming(obj: Arc<IncomingEmailServer>, ctx: &Context) -> Result<Action, Error> {
+/// Writes `status` when `must_write` says so; tells whether it did, and when
+/// to come back.
+async fn sync_status<K>(
+    ctx: &Context,
+    obj: &K,
+    current: Option<&<K as HasStatus>::Status>,
+    status: &<K as HasStatus>::Status,
+    written_at: &mut Option<Instant>,
+) -> Result<(bool, Action), Error>
+where
+    K: HasStatus
+        + Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let (ns, name, _) = identity(obj)?;
+    match must_write(current, status, *written_at) {
+        Ok(true) => {
+            patch_status(
+                &Api::<K>::namespaced(ctx.client.clone(), &ns),
+                &name,
+                status,
+            )
+            .await?;
+            *written_at = Some(Instant::now());
+            Ok((true, Action::requeue(STATS_EVERY)))
+        }
+        Ok(false) => Ok((false, Action::requeue(STATS_EVERY))),
+        Err(wait) => Ok((false, Action::requeue(wait))),
+    }
+}
+
+/// The kinds whose status the controller writes.
+pub trait HasStatus {
+    type Status: Serialize;
+}
+
+impl HasStatus for IncomingEmailServer {
+    type Status = crate::api::IncomingEmailServerStatus;
+}
+
+impl HasStatus for OutgoingEmailServer {
+    type Status = crate::api::OutgoingEmailServerStatus;
+}
+
+/// Reconciles an IncomingEmailServer.
+pub async fn reconcile_incoming(
+    obj: Arc<IncomingEmailServer>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    reconcile_with(obj, ctx, apply_incoming, cleanup_incoming).await
+}
+
+async fn apply_incoming(obj: Arc<IncomingEmailServer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let (ns, name, uid) = identity(obj.as_ref())?;
     let fetched = references::fetch(&ctx.client, &ns, &Names::incoming(&obj.spec)).await?;
     let own = ctx.own_addresses(&ns);
@@ -383,22 +452,19 @@ async fn apply_incoming(obj: Arc<IncomingEmailServer>, ctx: &Context) -> Result<
         rejecting_since(now),
         now,
     );
-    match must_write(obj.status.as_ref(), &status, entry.written_at) {
-        Ok(true) => {
-            patch_status(
-                &Api::<IncomingEmailServer>::namespaced(ctx.client.clone(), &ns),
-                &name,
-                &status,
-            )
-            .await?;
-            entry.written_at = Some(Instant::now());
-            drop(running);
-            events_for_change(ctx, &reference, &previous, &status.conditions).await;
-            Ok(Action::requeue(STATS_EVERY))
-        }
-        Ok(false) => Ok(Action::requeue(STATS_EVERY)),
-        Err(wait) => Ok(Action::requeue(wait)),
+    let (written, action) = sync_status(
+        &ctx,
+        obj.as_ref(),
+        obj.status.as_ref(),
+        &status,
+        &mut entry.written_at,
+    )
+    .await?;
+    drop(running);
+    if written {
+        events_for_change(&ctx, &reference, &previous, &status.conditions).await;
     }
+    Ok(action)
 }
 
 /// Events for what changed between two sets of conditions.
@@ -450,7 +516,10 @@ async fn events_for_change(
     }
 }
 
-async fn cleanup_incoming(obj: Arc<IncomingEmailServer>, ctx: &Context) -> Result<Action, Error> {
+async fn cleanup_incoming(
+    obj: Arc<IncomingEmailServer>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let (_, _, uid) = identity(obj.as_ref())?;
     let removed = ctx.incoming.lock().await.remove(&uid);
     if let Some(mut r) = removed {
@@ -472,26 +541,10 @@ pub async fn reconcile_outgoing(
     obj: Arc<OutgoingEmailServer>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let (ns, _, uid) = identity(obj.as_ref())?;
-    let api: Api<OutgoingEmailServer> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, obj, |event| async {
-        match event {
-            Finalizer::Apply(o) => apply_outgoing(o, &ctx).await,
-            Finalizer::Cleanup(o) => cleanup_outgoing(o, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    if result.is_ok() {
-        ctx.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&uid);
-    }
-    result
+    reconcile_with(obj, ctx, apply_outgoing, cleanup_outgoing).await
 }
 
-async fn apply_outgoing(obj: Arc<OutgoingEmailServer>, ctx: &Context) -> Result<Action, Error> {
+async fn apply_outgoing(obj: Arc<OutgoingEmailServer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let (ns, name, uid) = identity(obj.as_ref())?;
     let fetched = references::fetch(&ctx.client, &ns, &Names::outgoing(&obj.spec)).await?;
     let retest = obj
@@ -585,43 +638,43 @@ async fn apply_outgoing(obj: Arc<OutgoingEmailServer>, ctx: &Context) -> Result<
         &previous,
         now,
     ));
-    match must_write(obj.status.as_ref(), &status, entry.written_at) {
-        Ok(true) => {
-            patch_status(
-                &Api::<OutgoingEmailServer>::namespaced(ctx.client.clone(), &ns),
-                &name,
-                &status,
+    let (written, action) = sync_status(
+        &ctx,
+        obj.as_ref(),
+        obj.status.as_ref(),
+        &status,
+        &mut entry.written_at,
+    )
+    .await?;
+    drop(running);
+    if written {
+        events_for_change(&ctx, &reference, &previous, &status.conditions).await;
+        let failovers = |s: Option<&crate::api::OutgoingStats>| s.map_or(0, |s| s.failovers);
+        let (before, after) = (
+            failovers(obj.status.as_ref().and_then(|s| s.stats.as_ref())),
+            failovers(status.stats.as_ref()),
+        );
+        if after > before {
+            ctx.event(
+                &reference,
+                EventType::Warning,
+                "FailoverUsed",
+                format!(
+                    "{} message(s) went through the namespace's primary server instead",
+                    after - before
+                ),
+                "Send",
             )
-            .await?;
-            entry.written_at = Some(Instant::now());
-            drop(running);
-            events_for_change(ctx, &reference, &previous, &status.conditions).await;
-            let failovers = |s: Option<&crate::api::OutgoingStats>| s.map_or(0, |s| s.failovers);
-            let (before, after) = (
-                failovers(obj.status.as_ref().and_then(|s| s.stats.as_ref())),
-                failovers(status.stats.as_ref()),
-            );
-            if after > before {
-                ctx.event(
-                    &reference,
-                    EventType::Warning,
-                    "FailoverUsed",
-                    format!(
-                        "{} message(s) went through the namespace's primary server instead",
-                        after - before
-                    ),
-                    "Send",
-                )
-                .await;
-            }
-            Ok(Action::requeue(STATS_EVERY))
+            .await;
         }
-        Ok(false) => Ok(Action::requeue(STATS_EVERY)),
-        Err(wait) => Ok(Action::requeue(wait)),
     }
+    Ok(action)
 }
 
-async fn cleanup_outgoing(obj: Arc<OutgoingEmailServer>, ctx: &Context) -> Result<Action, Error> {
+async fn cleanup_outgoing(
+    obj: Arc<OutgoingEmailServer>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let (ns, name, uid) = identity(obj.as_ref())?;
     if let Some(mut r) = ctx.outgoing.lock().await.remove(&uid) {
         r.runtime.stop();

@@ -8,8 +8,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
 
 use crate::api::{IncomingEmailServerSpec, OutgoingEmailServerSpec, ProxySpec, TlsSpec};
-use crate::config::{SecretError, SecretSource};
-use crate::runtime::Data;
+use crate::runtime::{Data, Lookup};
 
 /// Names of the Secrets and ConfigMaps a spec refers to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -145,42 +144,13 @@ pub async fn fetch(
     Ok(out)
 }
 
-/// Lookups in one of the fetched maps.
-pub struct Lookup<'a> {
-    objects: &'a BTreeMap<String, Data>,
-    what: &'static str,
-}
-
 impl Fetched {
     pub fn secrets(&self) -> Lookup<'_> {
-        Lookup {
-            objects: &self.secrets,
-            what: "Secret",
-        }
+        Lookup::new(Some(&self.secrets), "Secret")
     }
 
     pub fn config_maps(&self) -> Lookup<'_> {
-        Lookup {
-            objects: &self.config_maps,
-            what: "ConfigMap",
-        }
-    }
-}
-
-impl SecretSource for Lookup<'_> {
-    fn get(&self, name: &str, key: &str) -> Result<Vec<u8>, SecretError> {
-        let data = self
-            .objects
-            .get(name)
-            .ok_or_else(|| SecretError::NotFound {
-                name: format!("{name}\" ({}", self.what),
-            })?;
-        data.get(key)
-            .cloned()
-            .ok_or_else(|| SecretError::KeyMissing {
-                name: name.to_owned(),
-                key: key.to_owned(),
-            })
+        Lookup::new(Some(&self.config_maps), "ConfigMap")
     }
 }
 

@@ -107,22 +107,6 @@ async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, RunError> {
         })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn terminated() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
-
 fn stream_of<T: Send + 'static>(
     rx: mpsc::UnboundedReceiver<T>,
 ) -> impl futures::Stream<Item = T> + Send {
@@ -144,7 +128,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        terminated().await;
+        crate::signals::terminated().await;
         let _ = stop_tx.send(true);
     });
     let probe = Probe::default();

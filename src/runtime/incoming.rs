@@ -132,42 +132,6 @@ impl IncomingRuntime {
             let _ = follower.await;
         }
     }
-
-    /// The full status, with transition times carried over from `previous`.
-    pub fn status(
-        &self,
-        generation: Option<i64>,
-        previous: &[Condition],
-        rejecting_since: jiff::Timestamp,
-        now: jiff::Timestamp,
-    ) -> IncomingEmailServerStatus {
-        let stats = self.stats.as_deref();
-        let filter = stats.map(|s| {
-            let log = s.rejections.lock().unwrap_or_else(|p| p.into_inner());
-            status::filter_rejecting(&log, rejecting_since, generation, now)
-        });
-        let live = self.shared.lock();
-        let effective = self.effective.clone().map(|mut e| {
-            e.scanning = live.scanning.clone();
-            e
-        });
-        IncomingEmailServerStatus {
-            observed_generation: generation,
-            conditions: status::conditions(&live.health, filter, generation, previous, now),
-            effective,
-            connection: live.report.as_ref().map(status::connection_status),
-            next_retry_at: live.next_retry_at.map(Time),
-            stats: stats.map(status::incoming_stats),
-            dry_run: stats.filter(|_| self.dry_run).map(status::dry_run_report),
-            recent_rejections: stats
-                .map(|s| {
-                    status::recent_rejections(
-                        &s.rejections.lock().unwrap_or_else(|p| p.into_inner()),
-                    )
-                })
-                .unwrap_or_default(),
-        }
-    }
 }
 
 /// Follows a worker's events: status facts into `shared`, the rest into the log.
@@ -242,4 +206,48 @@ fn follow(
             }
         }
     })
+}
+
+impl super::Runtime for IncomingRuntime {
+    type Status = IncomingEmailServerStatus;
+    const KIND: &'static str = "IncomingEmailServer";
+
+    fn status(
+        &self,
+        generation: Option<i64>,
+        previous: &[Condition],
+        rejecting_since: jiff::Timestamp,
+        now: jiff::Timestamp,
+    ) -> IncomingEmailServerStatus {
+        let stats = self.stats.as_deref();
+        let filter = stats.map(|s| {
+            let log = s.rejections.lock().unwrap_or_else(|p| p.into_inner());
+            status::filter_rejecting(&log, rejecting_since, generation, now)
+        });
+        let live = self.shared.lock();
+        let effective = self.effective.clone().map(|mut e| {
+            e.scanning = live.scanning.clone();
+            e
+        });
+        IncomingEmailServerStatus {
+            observed_generation: generation,
+            conditions: status::conditions(&live.health, filter, generation, previous, now),
+            effective,
+            connection: live.report.as_ref().map(status::connection_status),
+            next_retry_at: live.next_retry_at.map(Time),
+            stats: stats.map(status::incoming_stats),
+            dry_run: stats.filter(|_| self.dry_run).map(status::dry_run_report),
+            recent_rejections: stats
+                .map(|s| {
+                    status::recent_rejections(
+                        &s.rejections.lock().unwrap_or_else(|p| p.into_inner()),
+                    )
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    fn conditions(status: &IncomingEmailServerStatus) -> &[Condition] {
+        &status.conditions
+    }
 }

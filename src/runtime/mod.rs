@@ -20,6 +20,54 @@ pub use outgoing::OutgoingRuntime;
 /// Key/value data of a Secret or ConfigMap.
 pub type Data = BTreeMap<String, Vec<u8>>;
 
+/// Secrets (or ConfigMaps) of one namespace by name, looked up by reference.
+/// References never leave the namespace, so there is no other to look in.
+pub struct Lookup<'a> {
+    objects: Option<&'a BTreeMap<String, Data>>,
+    what: &'static str,
+}
+
+impl<'a> Lookup<'a> {
+    /// `what` names the kind in errors: "Secret" or "ConfigMap".
+    pub fn new(objects: Option<&'a BTreeMap<String, Data>>, what: &'static str) -> Self {
+        Self { objects, what }
+    }
+}
+
+impl crate::config::SecretSource for Lookup<'_> {
+    fn get(&self, name: &str, key: &str) -> Result<Vec<u8>, crate::config::SecretError> {
+        let data = self.objects.and_then(|o| o.get(name)).ok_or_else(|| {
+            crate::config::SecretError::NotFound {
+                name: format!("{name}\" ({}", self.what),
+            }
+        })?;
+        data.get(key)
+            .cloned()
+            .ok_or_else(|| crate::config::SecretError::KeyMissing {
+                name: name.to_owned(),
+                key: key.to_owned(),
+            })
+    }
+}
+
+/// What both kinds of running resource offer their adapters.
+pub trait Runtime {
+    type Status: serde::Serialize;
+    /// The resource's kind, e.g. `IncomingEmailServer`.
+    const KIND: &'static str;
+    /// The full status, with transition times carried over from `previous`.
+    fn status(
+        &self,
+        generation: Option<i64>,
+        previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+        rejecting_since: jiff::Timestamp,
+        now: jiff::Timestamp,
+    ) -> Self::Status;
+    fn conditions(
+        status: &Self::Status,
+    ) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition];
+}
+
 /// Called when a resource's health changed, so that an adapter can write its
 /// status at once rather than at its next periodic pass.
 pub type OnChange = Arc<dyn Fn() + Send + Sync>;

@@ -95,8 +95,19 @@ impl OutgoingRuntime {
             t.abort();
         }
     }
+}
 
-    pub fn status(
+impl Drop for OutgoingRuntime {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl super::Runtime for OutgoingRuntime {
+    type Status = OutgoingEmailServerStatus;
+    const KIND: &'static str = "OutgoingEmailServer";
+
+    fn status(
         &self,
         generation: Option<i64>,
         previous: &[Condition],
@@ -128,10 +139,8 @@ impl OutgoingRuntime {
             ),
         }
     }
-}
 
-impl Drop for OutgoingRuntime {
-    fn drop(&mut self) {
-        self.stop();
+    fn conditions(status: &OutgoingEmailServerStatus) -> &[Condition] {
+        &status.conditions
     }
 }

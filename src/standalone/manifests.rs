@@ -3,7 +3,7 @@
 //! CRDs (schema, defaults, CEL). A bad document is reported with its file,
 //! document number and field; the rest of the folder still loads.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -13,7 +13,6 @@ use serde_json::Value;
 
 use crate::api::validation::{ManifestValidator, ValidationError};
 use crate::api::{IncomingEmailServer, OutgoingEmailServer};
-use crate::config::{SecretError, SecretSource};
 
 /// Namespace of a manifest without `metadata.namespace`, as kubectl would use.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -49,15 +48,17 @@ pub struct Loaded<T> {
     pub file: PathBuf,
 }
 
-pub use crate::runtime::Data;
+pub use crate::runtime::{Data, Lookup};
 
 /// Everything read from the folder at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub incoming: BTreeMap<Key, Loaded<IncomingEmailServer>>,
     pub outgoing: BTreeMap<Key, Loaded<OutgoingEmailServer>>,
-    pub secrets: HashMap<Key, Data>,
-    pub config_maps: HashMap<Key, Data>,
+    /// Secrets by namespace, then name.
+    pub secrets: BTreeMap<String, BTreeMap<String, Data>>,
+    /// ConfigMaps by namespace, then name.
+    pub config_maps: BTreeMap<String, BTreeMap<String, Data>>,
     pub problems: Vec<Problem>,
     /// Documents of other kinds, skipped: `(file, document, apiVersion/kind)`.
     pub ignored: Vec<(PathBuf, usize, String)>,
@@ -70,44 +71,12 @@ impl Snapshot {
     }
 
     /// Secrets of one namespace, for resolving a spec.
-    pub fn secrets_in<'a>(&'a self, namespace: &'a str) -> Scoped<'a> {
-        Scoped {
-            namespace,
-            objects: &self.secrets,
-            what: "Secret",
-        }
+    pub fn secrets_in(&self, namespace: &str) -> Lookup<'_> {
+        Lookup::new(self.secrets.get(namespace), "Secret")
     }
 
-    pub fn config_maps_in<'a>(&'a self, namespace: &'a str) -> Scoped<'a> {
-        Scoped {
-            namespace,
-            objects: &self.config_maps,
-            what: "ConfigMap",
-        }
-    }
-}
-
-/// Lookups in one namespace: references never cross namespaces.
-pub struct Scoped<'a> {
-    namespace: &'a str,
-    objects: &'a HashMap<Key, Data>,
-    what: &'static str,
-}
-
-impl SecretSource for Scoped<'_> {
-    fn get(&self, name: &str, key: &str) -> Result<Vec<u8>, SecretError> {
-        let data = self
-            .objects
-            .get(&(self.namespace.to_owned(), name.to_owned()))
-            .ok_or_else(|| SecretError::NotFound {
-                name: format!("{name}\" ({} in namespace {}", self.what, self.namespace),
-            })?;
-        data.get(key)
-            .cloned()
-            .ok_or_else(|| SecretError::KeyMissing {
-                name: name.to_owned(),
-                key: key.to_owned(),
-            })
+    pub fn config_maps_in(&self, namespace: &str) -> Lookup<'_> {
+        Lookup::new(self.config_maps.get(namespace), "ConfigMap")
     }
 }
 
@@ -193,10 +162,13 @@ fn load_file(file: &Path, validator: &ManifestValidator, out: &mut Snapshot) {
                 resource(&value, validator, file, out)
             }
             ("v1", "Secret") => data_object(&value, true).map(|(key, data)| {
-                out.secrets.insert(key, data);
+                out.secrets.entry(key.0).or_default().insert(key.1, data);
             }),
             ("v1", "ConfigMap") => data_object(&value, false).map(|(key, data)| {
-                out.config_maps.insert(key, data);
+                out.config_maps
+                    .entry(key.0)
+                    .or_default()
+                    .insert(key.1, data);
             }),
             _ => {
                 tracing::warn!(
@@ -339,6 +311,7 @@ fn data_object(value: &Value, secret: bool) -> Result<(Key, Data), FieldErrors> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SecretSource;
 
     const GOOD: &str = r#"
 apiVersion: v1
@@ -379,7 +352,7 @@ spec:
         let s = load_dir(dir.path(), &validator).unwrap();
         let key = ("helpdesk".to_owned(), "support".to_owned());
         assert!(s.incoming.contains_key(&key));
-        let secret = &s.secrets[&("helpdesk".to_owned(), "mail".to_owned())];
+        let secret = &s.secrets["helpdesk"]["mail"];
         assert_eq!(secret["password"], b"supportapppasswd");
         assert_eq!(secret["other"], b"plain");
         assert_eq!(s.ignored.len(), 1);

@@ -56,22 +56,6 @@ fn write_error(path: &Path) -> impl Fn(std::io::Error) -> RunError + '_ {
     }
 }
 
-/// Resolves when SIGINT or SIGTERM arrives.
-async fn terminated() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
-
 /// Reads the folder again and reconciles what changed.
 async fn reload(
     dir: &Path,
@@ -162,7 +146,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     tracing::info!(manifests = %dir.display(), "running; watching the folder for changes");
 
     let mut tick = tokio::time::interval(STATUS_EVERY);
-    let stop = terminated();
+    let stop = crate::signals::terminated();
     tokio::pin!(stop);
     loop {
         tokio::select! {

@@ -4,7 +4,7 @@
 //! unchanged one keeps running, a removed one is stopped after the message in
 //! flight. Status is computed by `crate::status` and written when it changed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::manifests::{Key, Snapshot};
 use crate::incoming::worker::WorkerOptions;
 use crate::outgoing::Outbox;
-use crate::runtime::{Data, IncomingInputs, IncomingRuntime, OutgoingRuntime, config_hash};
+use crate::runtime::{IncomingInputs, IncomingRuntime, OutgoingRuntime, Runtime, config_hash};
 use crate::state::FileCursorStore;
 use crate::status;
 
@@ -64,15 +64,6 @@ pub struct Supervisor {
     options: WorkerOptions,
 }
 
-/// The Secrets (or ConfigMaps) of one namespace, by name.
-fn in_namespace(objects: &HashMap<Key, Data>, namespace: &str) -> BTreeMap<String, Data> {
-    objects
-        .iter()
-        .filter(|((ns, _), _)| ns == namespace)
-        .map(|((_, name), data)| (name.clone(), data.clone()))
-        .collect()
-}
-
 fn hash_of(
     kind: &str,
     key: &Key,
@@ -83,8 +74,8 @@ fn hash_of(
     config_hash(
         kind,
         &serde_json::to_value(spec).unwrap_or_default(),
-        &in_namespace(&snapshot.secrets, &key.0),
-        &in_namespace(&snapshot.config_maps, &key.0),
+        snapshot.secrets.get(&key.0).unwrap_or(&BTreeMap::new()),
+        snapshot.config_maps.get(&key.0).unwrap_or(&BTreeMap::new()),
         extra,
     )
 }
@@ -256,30 +247,8 @@ impl Supervisor {
         let since = now
             .checked_sub(jiff::SignedDuration::try_from(REJECTING_WINDOW).unwrap_or_default())
             .unwrap_or(now);
-        for (key, e) in &mut self.incoming {
-            let status = e.runtime.status(e.generation, &e.conditions, since, now);
-            write_if_changed(
-                &self.paths,
-                INCOMING_KIND,
-                key,
-                &mut e.conditions,
-                &mut e.written,
-                status.conditions.clone(),
-                &status,
-            )?;
-        }
-        for (key, e) in &mut self.outgoing {
-            let status = e.runtime.status(e.generation, &e.conditions, since, now);
-            write_if_changed(
-                &self.paths,
-                OUTGOING_KIND,
-                key,
-                &mut e.conditions,
-                &mut e.written,
-                status.conditions.clone(),
-                &status,
-            )?;
-        }
+        write_all(&self.paths, &mut self.incoming, since, now)?;
+        write_all(&self.paths, &mut self.outgoing, since, now)?;
         Ok(())
     }
 
@@ -295,12 +264,32 @@ impl Supervisor {
     }
 }
 
-fn write_if_changed<S: Serialize>(
+/// Computes and writes (when changed) the status of every entry of one kind.
+fn write_all<R: Runtime>(
+    paths: &Paths,
+    entries: &mut BTreeMap<Key, Entry<R>>,
+    since: jiff::Timestamp,
+    now: jiff::Timestamp,
+) -> std::io::Result<()> {
+    for (key, e) in entries {
+        let status = e.runtime.status(e.generation, &e.conditions, since, now);
+        write_if_changed(
+            paths,
+            R::KIND,
+            key,
+            e,
+            R::conditions(&status).to_vec(),
+            &status,
+        )?;
+    }
+    Ok(())
+}
+
+fn write_if_changed<R, S: Serialize>(
     paths: &Paths,
     kind: &'static str,
     key: &Key,
-    previous: &mut Vec<Condition>,
-    written: &mut Option<String>,
+    entry: &mut Entry<R>,
     conditions: Vec<Condition>,
     status: S,
 ) -> std::io::Result<()> {
@@ -314,7 +303,7 @@ fn write_if_changed<S: Serialize>(
         status,
     };
     let text = serde_yaml::to_string(&doc).map_err(std::io::Error::other)?;
-    if written.as_deref() == Some(text.as_str()) {
+    if entry.written.as_deref() == Some(text.as_str()) {
         return Ok(());
     }
     let ready = |c: &[Condition]| {
@@ -322,7 +311,7 @@ fn write_if_changed<S: Serialize>(
             .find(|c| c.type_ == status::conditions::READY)
             .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
     };
-    let before = ready(previous);
+    let before = ready(&entry.conditions);
     let after = ready(&conditions);
     if before.as_ref().map(|b| (&b.0, &b.1)) != after.as_ref().map(|a| (&a.0, &a.1))
         && let Some((s, reason, message)) = after
@@ -330,8 +319,8 @@ fn write_if_changed<S: Serialize>(
         tracing::info!(resource = %format!("{kind} {}/{}", key.0, key.1), ready = %s, reason = %reason, "{message}");
     }
     write_atomic(&paths.status_file(kind, key), &text)?;
-    *previous = conditions;
-    *written = Some(text);
+    entry.conditions = conditions;
+    entry.written = Some(text);
     Ok(())
 }
 
