@@ -340,17 +340,53 @@ where
     }
 }
 
+/// Computes the status (with `extra` conditions) and writes it when it must;
+/// returns whether it was written, the conditions before, the status, and
+/// when to come back.
+async fn status_and_sync<K, R>(
+    ctx: &Context,
+    obj: &K,
+    runtime: &R,
+    extra: Vec<Condition>,
+    written_at: &mut Option<Instant>,
+) -> Result<(bool, Vec<Condition>, R::Status, Action), Error>
+where
+    K: HasStatus<Status = R::Status>
+        + Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    R: Runtime,
+{
+    let now = jiff::Timestamp::now();
+    let current = obj.current_status();
+    let previous = current
+        .map(|s| R::conditions(s).to_vec())
+        .unwrap_or_default();
+    let mut status = runtime.status(obj.meta().generation, &previous, rejecting_since(now), now);
+    R::conditions_mut(&mut status).extend(extra);
+    let (written, action) = sync_status(ctx, obj, current, &status, written_at).await?;
+    Ok((written, previous, status, action))
+}
+
 /// The kinds whose status the controller writes.
 pub trait HasStatus {
     type Status: Serialize;
+    fn current_status(&self) -> Option<&Self::Status>;
 }
 
 impl HasStatus for IncomingEmailServer {
     type Status = crate::api::IncomingEmailServerStatus;
+    fn current_status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
 }
 
 impl HasStatus for OutgoingEmailServer {
     type Status = crate::api::OutgoingEmailServerStatus;
+    fn current_status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
 }
 
 /// Reconciles an IncomingEmailServer.
@@ -440,23 +476,11 @@ async fn apply_incoming(obj: Arc<IncomingEmailServer>, ctx: Arc<Context>) -> Res
     let Some(entry) = running.get_mut(&uid) else {
         return Ok(Action::requeue(STATS_EVERY));
     };
-    let now = jiff::Timestamp::now();
-    let previous = obj
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
-    let status = entry.runtime.status(
-        obj.metadata.generation,
-        &previous,
-        rejecting_since(now),
-        now,
-    );
-    let (written, action) = sync_status(
+    let (written, previous, status, action) = status_and_sync(
         &ctx,
         obj.as_ref(),
-        obj.status.as_ref(),
-        &status,
+        &entry.runtime,
+        Vec::new(),
         &mut entry.written_at,
     )
     .await?;
@@ -620,29 +644,17 @@ async fn apply_outgoing(obj: Arc<OutgoingEmailServer>, ctx: Arc<Context>) -> Res
     let Some(entry) = running.get_mut(&uid) else {
         return Ok(Action::requeue(STATS_EVERY));
     };
-    let now = jiff::Timestamp::now();
-    let previous = obj
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
-    let mut status = entry.runtime.status(
-        obj.metadata.generation,
-        &previous,
-        rejecting_since(now),
-        now,
-    );
-    status.conditions.extend(primary_conflict(
+    let conflict = primary_conflict(
         &others,
         obj.metadata.generation,
-        &previous,
-        now,
-    ));
-    let (written, action) = sync_status(
+        obj.status.as_ref().map_or(&[][..], |s| &s.conditions),
+        jiff::Timestamp::now(),
+    );
+    let (written, previous, status, action) = status_and_sync(
         &ctx,
         obj.as_ref(),
-        obj.status.as_ref(),
-        &status,
+        &entry.runtime,
+        conflict.into_iter().collect(),
         &mut entry.written_at,
     )
     .await?;

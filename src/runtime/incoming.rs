@@ -250,4 +250,8 @@ impl super::Runtime for IncomingRuntime {
     fn conditions(status: &IncomingEmailServerStatus) -> &[Condition] {
         &status.conditions
     }
+
+    fn conditions_mut(status: &mut IncomingEmailServerStatus) -> &mut Vec<Condition> {
+        &mut status.conditions
+    }
 }

@@ -9,6 +9,7 @@ pub mod outgoing;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use sha2::{Digest, Sha256};
 
 use crate::config::Credentials;
@@ -59,13 +60,12 @@ pub trait Runtime {
     fn status(
         &self,
         generation: Option<i64>,
-        previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+        previous: &[Condition],
         rejecting_since: jiff::Timestamp,
         now: jiff::Timestamp,
     ) -> Self::Status;
-    fn conditions(
-        status: &Self::Status,
-    ) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition];
+    fn conditions(status: &Self::Status) -> &[Condition];
+    fn conditions_mut(status: &mut Self::Status) -> &mut Vec<Condition>;
 }
 
 /// Called when a resource's health changed, so that an adapter can write its

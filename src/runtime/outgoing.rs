@@ -143,4 +143,8 @@ impl super::Runtime for OutgoingRuntime {
     fn conditions(status: &OutgoingEmailServerStatus) -> &[Condition] {
         &status.conditions
     }
+
+    fn conditions_mut(status: &mut OutgoingEmailServerStatus) -> &mut Vec<Condition> {
+        &mut status.conditions
+    }
 }

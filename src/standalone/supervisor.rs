@@ -95,6 +95,20 @@ struct StatusMeta<'a> {
     namespace: &'a str,
 }
 
+/// Keys of running entries that the snapshot no longer has, except those whose
+/// file is broken (they keep their last valid configuration).
+fn gone<R>(
+    entries: &BTreeMap<Key, Entry<R>>,
+    present: impl Fn(&Key) -> bool,
+    broken: &BTreeSet<PathBuf>,
+) -> Vec<Key> {
+    entries
+        .iter()
+        .filter(|(k, e)| !present(k) && !broken.contains(&e.file))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
 /// Writes `text` to `path` atomically (temporary file, then rename).
 fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
@@ -126,12 +140,11 @@ impl Supervisor {
     }
 
     async fn reconcile_outgoing(&mut self, snapshot: &Snapshot, broken: &BTreeSet<PathBuf>) {
-        let gone: Vec<Key> = self
-            .outgoing
-            .iter()
-            .filter(|(k, e)| !snapshot.outgoing.contains_key(*k) && !broken.contains(&e.file))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let gone = gone(
+            &self.outgoing,
+            |k| snapshot.outgoing.contains_key(k),
+            broken,
+        );
         for key in gone {
             if let Some(mut entry) = self.outgoing.remove(&key) {
                 entry.runtime.stop();
@@ -177,12 +190,11 @@ impl Supervisor {
     }
 
     async fn reconcile_incoming(&mut self, snapshot: &Snapshot, broken: &BTreeSet<PathBuf>) {
-        let gone: Vec<Key> = self
-            .incoming
-            .iter()
-            .filter(|(k, e)| !snapshot.incoming.contains_key(*k) && !broken.contains(&e.file))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let gone = gone(
+            &self.incoming,
+            |k| snapshot.incoming.contains_key(k),
+            broken,
+        );
         for key in gone {
             if let Some(mut entry) = self.incoming.remove(&key) {
                 entry.runtime.stop().await;
