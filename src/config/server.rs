@@ -4,8 +4,8 @@
 use secrecy::SecretString;
 
 use super::{Endpoint, normalize_password};
-use crate::api::{AuthType, Provider, SecretKeyRef, TlsSpec};
-use crate::connection::{Failure, Reason, Timeouts, TlsOptions};
+use crate::api::{AuthType, Provider, ProxySpec, SecretKeyRef, TlsSpec};
+use crate::connection::{Failure, ProxySettings, Reason, Timeouts, TlsOptions};
 
 /// Where secret values come from: the cluster's Secrets (controller) or Secret
 /// manifests in a folder (standalone). Lookups are in the resource's namespace.
@@ -47,6 +47,8 @@ pub struct ServerSettings {
     pub provider: Provider,
     pub credentials: Credentials,
     pub tls: TlsOptions,
+    /// The proxy to connect through, if any.
+    pub proxy: Option<ProxySettings>,
     pub timeouts: Timeouts,
 }
 
@@ -86,6 +88,38 @@ pub fn credentials(
             "auth.type OAuth2 is not supported by this mailroom version yet; use Basic with an App Password",
         )),
     }
+}
+
+/// The proxy from the spec, with its credentials (keys `username` and
+/// `password`) read from its Secret.
+pub fn proxy_settings(
+    spec: Option<&ProxySpec>,
+    source: &dyn SecretSource,
+) -> Result<Option<ProxySettings>, Failure> {
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    let credentials = match &spec.credentials_secret_ref {
+        Some(r) => {
+            let key = |key: &str| {
+                secret_text(
+                    source,
+                    &SecretKeyRef {
+                        name: r.name.clone(),
+                        key: key.into(),
+                    },
+                )
+            };
+            Some((
+                key("username")?.trim_end().to_owned(),
+                SecretString::from(key("password")?.trim_end_matches(['\r', '\n']).to_owned()),
+            ))
+        }
+        None => None,
+    };
+    ProxySettings::parse(&spec.url, credentials)
+        .map(Some)
+        .map_err(|e| Failure::new(Reason::ProxyFailed, e.to_string()))
 }
 
 /// TLS options from the spec, with the CA read from its Secret or ConfigMap.

@@ -3,6 +3,7 @@
 //! Protocol clients (IMAP, POP3, SMTP) build on this; nothing here knows a
 //! protocol or Kubernetes.
 
+pub mod proxy;
 pub mod stream;
 pub mod tls;
 
@@ -16,6 +17,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::api::{ConnectionStage, StageResult};
+pub use proxy::ProxySettings;
 pub use stream::MailStream;
 pub use tls::{TlsOptions, client_config, server_name};
 
@@ -359,6 +361,7 @@ impl Upgrade {
 pub async fn open(
     endpoint: &crate::config::Endpoint,
     tls: &TlsOptions,
+    proxy: Option<&ProxySettings>,
     timeouts: Timeouts,
     probe: &mut Probe,
 ) -> Result<(MailStream, Upgrade), Failure> {
@@ -366,15 +369,35 @@ pub async fn open(
         |e: tls::TlsConfigError| Failure::new(Reason::TlsHandshakeFailed, e.to_string());
     let config = client_config(tls).map_err(tls_failure)?;
     let name = server_name(&endpoint.host, tls).map_err(tls_failure)?;
-    let addrs = probe
-        .stage(
-            ConnectionStage::Dns,
-            resolve(&endpoint.host, endpoint.port, timeouts),
-        )
-        .await?;
-    let tcp = probe
-        .stage(ConnectionStage::Tcp, connect_tcp(&addrs, timeouts))
-        .await?;
+    let tcp = match proxy {
+        None => {
+            let addrs = probe
+                .stage(
+                    ConnectionStage::Dns,
+                    resolve(&endpoint.host, endpoint.port, timeouts),
+                )
+                .await?;
+            probe
+                .stage(ConnectionStage::Tcp, connect_tcp(&addrs, timeouts))
+                .await?
+        }
+        Some(p) => {
+            // Reaching the proxy is part of the proxy stage: failing there is ProxyFailed.
+            let as_proxy = |f: Failure| {
+                Failure::new(
+                    Reason::ProxyFailed,
+                    format!("proxy {}:{}: {}", p.host, p.port, f.message),
+                )
+            };
+            probe
+                .stage(ConnectionStage::Proxy, async {
+                    let addrs = resolve(&p.host, p.port, timeouts).await.map_err(as_proxy)?;
+                    let tcp = connect_tcp(&addrs, timeouts).await.map_err(as_proxy)?;
+                    proxy::tunnel(tcp, p, &endpoint.host, endpoint.port, timeouts).await
+                })
+                .await?
+        }
+    };
     let upgrade = Upgrade {
         config,
         name,

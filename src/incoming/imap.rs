@@ -83,7 +83,7 @@ fn secured_plain(conn: BufReader<MailStream>, what: &str) -> Result<MailStream, 
 pub async fn connect(server: &ServerSettings, probe: &mut Probe) -> Result<ImapSession, Failure> {
     let t = server.timeouts;
     let ep = &server.endpoint;
-    let (stream, upgrade) = open(ep, &server.tls, t, probe).await?;
+    let (stream, upgrade) = open(ep, &server.tls, server.proxy.as_ref(), t, probe).await?;
     let mut conn = BufReader::new(stream);
     let mut caps = probe
         .stage(

@@ -133,7 +133,7 @@ impl Pop3 {
     pub async fn connect(server: &ServerSettings, probe: &mut Probe) -> Result<Pop3, Failure> {
         let t = server.timeouts;
         let ep = &server.endpoint;
-        let (stream, upgrade) = open(ep, &server.tls, t, probe).await?;
+        let (stream, upgrade) = open(ep, &server.tls, server.proxy.as_ref(), t, probe).await?;
         let mut pop = Pop3::new(stream, t.io);
         let mut caps = probe
             .stage(ConnectionStage::Greeting, async {

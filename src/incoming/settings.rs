@@ -9,7 +9,7 @@ use regex::Regex;
 use crate::api::{
     AfterProcessing, IncomingEmailServerSpec, IncomingFilter, IncomingProtocol, Mode,
 };
-use crate::config::server::{credentials, tls_options};
+use crate::config::server::{credentials, proxy_settings, tls_options};
 use crate::config::{MailProtocol, SecretSource, ServerSettings, parse_size, resolve_endpoint};
 use crate::connection::{Failure, Reason, Timeouts};
 use crate::filter::RateLimit;
@@ -102,6 +102,7 @@ impl IncomingSettings {
                 provider: spec.provider,
                 credentials,
                 tls,
+                proxy: proxy_settings(spec.proxy.as_ref(), secrets)?,
                 timeouts: Timeouts::default(),
             },
             protocol: spec.protocol,

@@ -2,9 +2,9 @@
 //! the recipient filter compiled. Built once per configuration.
 
 use crate::api::OutgoingEmailServerSpec;
-use crate::config::server::{credentials, tls_options};
+use crate::config::server::{credentials, proxy_settings, tls_options};
 use crate::config::{Credentials, Endpoint, MailProtocol, SecretSource, resolve_endpoint};
-use crate::connection::{Failure, Reason, Timeouts, TlsOptions};
+use crate::connection::{Failure, ProxySettings, Reason, Timeouts, TlsOptions};
 use crate::filter::Filter;
 
 #[derive(Clone, Debug)]
@@ -14,6 +14,8 @@ pub struct OutgoingSettings {
     /// None when `authentication.required` is false.
     pub credentials: Option<Credentials>,
     pub tls: TlsOptions,
+    /// The proxy to connect through, if any.
+    pub proxy: Option<ProxySettings>,
     pub timeouts: Timeouts,
     /// The From address and the envelope sender.
     pub email: String,
@@ -73,6 +75,7 @@ impl OutgoingSettings {
             provider: spec.provider,
             credentials,
             tls: tls_options(spec.tls.as_ref(), secrets, config_maps)?,
+            proxy: proxy_settings(spec.proxy.as_ref(), secrets)?,
             timeouts: Timeouts::default(),
             email: spec.email.clone(),
             sender_name: spec.sender_name.clone(),

@@ -225,7 +225,7 @@ pub async fn connect(
     let t = settings.timeouts;
     let ep = &settings.endpoint;
     let hello = settings.message_id_domain.clone();
-    let (stream, upgrade) = open(ep, &settings.tls, t, probe).await?;
+    let (stream, upgrade) = open(ep, &settings.tls, settings.proxy.as_ref(), t, probe).await?;
     let stream = match ep.security {
         SecurityType::Ssl => Replay {
             prefix: Vec::new(),

@@ -13,6 +13,7 @@
 //! folder) when that pipe closes, whether by drop, exit, panic or kill -9.
 
 mod client;
+pub mod proxy;
 mod tls;
 
 use std::fs;
