@@ -342,15 +342,26 @@ async fn success_reads_the_secret_writes_ready_by_apply_and_then_nothing() {
     );
     assert!(metrics.contains("# TYPE mailroom_messages_fetched_total counter"));
 
-    // The cursor lives in a ConfigMap owned by the resource.
-    let cm = h
-        .api
-        .config_maps
-        .lock()
-        .unwrap()
-        .get("mailroom-cursor-support")
-        .cloned()
-        .expect("cursor saved");
+    // The cursor lives in a ConfigMap owned by the resource; the worker saves
+    // it at the end of its first pass, which may come after IDLE was announced.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let cm = loop {
+        let found = h
+            .api
+            .config_maps
+            .lock()
+            .unwrap()
+            .get("mailroom-cursor-support")
+            .cloned();
+        if let Some(cm) = found {
+            break cm;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cursor was never saved"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(cm["metadata"]["ownerReferences"][0]["uid"], "uid-ok");
     assert!(
         cm["data"]["cursor.json"]
