@@ -409,13 +409,16 @@ impl SmtpSession {
                 io * 4
             )))
         });
-        if let Err(TransactionError::Refused(_) | TransactionError::Deferred(_)) = &result {
-            // The session stays usable for the next message.
-            if self.conn.command(Rset).await.is_err() {
-                return Err(TransactionError::Broken(
-                    result.err().map(|e| e.to_string()).unwrap_or_default(),
-                ));
-            }
+        // After a refusal the session can carry the next message once reset; a
+        // server that does not take RSET is never reused. The refusal stands
+        // either way: it is the server's answer to this message.
+        if let Err(TransactionError::Refused(_) | TransactionError::Deferred(_)) = &result
+            && !matches!(
+                tokio::time::timeout(io, self.conn.command(Rset)).await,
+                Ok(Ok(_))
+            )
+        {
+            self.conn.abort().await;
         }
         result
     }
