@@ -380,7 +380,13 @@ async fn success_reads_the_secret_writes_ready_by_apply_and_then_nothing() {
     let last = h.api.take();
     let fin = last
         .iter()
-        .find(|s| s.method == "PATCH" && !s.path.ends_with("/status"))
+        .find(|s| {
+            s.method == "PATCH"
+                && s.path
+                    == format!(
+                        "/apis/mailroom.dev/v1alpha1/namespaces/{NS}/incomingemailservers/support"
+                    )
+        })
         .expect("finalizer removed");
     assert!(fin.body.to_string().contains("remove"), "{}", fin.body);
     assert!(h.ctx.incoming.lock().await.is_empty(), "the worker is gone");
