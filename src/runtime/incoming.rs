@@ -134,6 +134,16 @@ impl IncomingRuntime {
     }
 }
 
+/// A delivery went through: a sink that refused is fine again.
+fn sink_recovered(shared: &Shared) {
+    if matches!(shared.lock().health, Health::SinkUnavailable(_)) {
+        shared.update(|l| {
+            l.health = Health::Connected;
+            l.next_retry_at = None;
+        });
+    }
+}
+
 /// Follows a worker's events: status facts into `shared`, the rest into the log.
 fn follow(
     resource: String,
@@ -148,7 +158,10 @@ fn follow(
                         tracing::info!(resource = %resource, "connected");
                     }
                     shared.update(|l| {
-                        l.health = Health::Connected;
+                        // A sink that refused stays suspect until a delivery succeeds.
+                        if !matches!(l.health, Health::SinkUnavailable(_)) {
+                            l.health = Health::Connected;
+                        }
                         l.report = Some(report);
                         l.next_retry_at = None;
                     });
@@ -179,7 +192,9 @@ fn follow(
                 }),
                 WorkerEvent::TicketCreated { key, message_id } => {
                     tracing::info!(resource = %resource, ticket = %key, message_id = message_id.as_deref().unwrap_or("-"), "ticket created");
+                    sink_recovered(&shared);
                 }
+                WorkerEvent::CursorAdvanced(_) => sink_recovered(&shared),
                 WorkerEvent::Judged {
                     verdict,
                     sender,
@@ -201,6 +216,14 @@ fn follow(
                 }
                 WorkerEvent::SinkUnavailable { message, retry_in } => {
                     tracing::warn!(resource = %resource, retry_in_ms = retry_in.as_millis() as u64, "{message}");
+                    shared.update(|l| {
+                        l.health = Health::SinkUnavailable(message);
+                        l.next_retry_at = jiff::Timestamp::now()
+                            .checked_add(
+                                jiff::SignedDuration::try_from(retry_in).unwrap_or_default(),
+                            )
+                            .ok();
+                    });
                 }
                 _ => {}
             }

@@ -23,6 +23,9 @@ pub enum Health {
     Connecting,
     /// The last connection (test or worker) succeeded.
     Connected,
+    /// Connected, but the ticket sink refuses the tickets for now: nothing is
+    /// marked processed, and delivery is retried.
+    SinkUnavailable(String),
     /// The configuration could not be resolved (a missing Secret) or the last
     /// connection failed.
     Failing(Failure),
@@ -88,6 +91,22 @@ pub fn conditions(
                 true,
                 "Connected",
                 "every stage of the connection test passed".into(),
+            ),
+        ],
+        Health::SinkUnavailable(message) => vec![
+            condition(READY, false, "SinkUnavailable", message.clone()),
+            condition(
+                CONNECTION_VERIFIED,
+                true,
+                "Connected",
+                "every stage of the connection test passed".into(),
+            ),
+            condition(
+                RECONCILING,
+                true,
+                "SinkUnavailable",
+                "retrying the ticket sink with backoff; nothing is marked processed meanwhile"
+                    .into(),
             ),
         ],
         Health::Failing(f) => {
@@ -211,6 +230,13 @@ mod tests {
         let c = conditions(&refused, None, None, &[], now);
         assert!(find(&c, STALLED).is_none());
         assert_eq!(find(&c, RECONCILING).unwrap().status, "True");
+
+        let sink = Health::SinkUnavailable("the helpdesk answered 503".into());
+        let c = conditions(&sink, None, None, &[], now);
+        assert_eq!(find(&c, READY).unwrap().reason, "SinkUnavailable");
+        assert_eq!(find(&c, CONNECTION_VERIFIED).unwrap().status, "True");
+        assert_eq!(find(&c, RECONCILING).unwrap().status, "True");
+        assert!(find(&c, STALLED).is_none());
 
         let c = conditions(&Health::Connected, None, None, &[], now);
         assert_eq!(find(&c, READY).unwrap().status, "True");
