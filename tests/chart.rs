@@ -167,9 +167,15 @@ fn the_optional_parts_appear_only_when_asked_for() {
     for k in ["ServiceMonitor", "PodDisruptionBudget", "NetworkPolicy"] {
         assert!(all.contains(&k.to_owned()), "{k} when enabled");
     }
-    assert!(
-        !all.contains(&"ClusterRole".to_owned()),
-        "namespaced Roles instead"
+    let cluster_roles: Vec<String> = template(&["-f", "@all-on"])
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole")
+        .map(|d| d["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        cluster_roles,
+        ["mailroom-tokenreview"],
+        "namespaced Roles instead; only TokenReview is cluster-wide"
     );
     let without_crd = kinds(&template(&["--set", "serviceMonitor.enabled=true"]));
     assert!(
@@ -309,7 +315,7 @@ fn rbac_in_the_chart_is_what_the_operations_guide_lists() {
     assert_eq!(namespaces, ["helpdesk", "hr"]);
     let leases: Grants = documented()
         .into_iter()
-        .filter(|g| g.1 == "leases")
+        .filter(|g| g.1 == "leases" || g.1 == "tokenreviews")
         .collect();
     for r in roles {
         let g = grants(&r["rules"]);

@@ -707,3 +707,65 @@ async fn startup_names_missing_crds_and_missing_rbac() {
         );
     }
 }
+
+#[tokio::test]
+async fn service_account_tokens_are_reviewed_and_kept_to_their_namespace() {
+    use mailroom::submission::{Authenticator, Denied, ServiceAccounts, Tokens};
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let reviews = Arc::new(Mutex::new(Vec::new()));
+    let seen = reviews.clone();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let path = request.uri().path().to_owned();
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap();
+            let token = body["spec"]["token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            seen.lock().unwrap().push((path, token.clone()));
+            let status = if token == "sa-token" {
+                json!({"authenticated": true, "user": {"username": "system:serviceaccount:helpdesk:app"}})
+            } else {
+                json!({"authenticated": false, "error": "invalid bearer token"})
+            };
+            let answer = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": body["spec"], "status": status});
+            send.send_response(
+                Response::builder()
+                    .status(201)
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    let auth = ServiceAccounts {
+        tokens: Some(Tokens::parse("file-token hr\n").unwrap()),
+        client: Client::new(service, "default"),
+    };
+    assert_eq!(auth.check(Some("sa-token"), NS).await, Ok(()));
+    assert_eq!(
+        auth.check(Some("sa-token"), "hr").await,
+        Err(Denied::Forbidden),
+        "another namespace"
+    );
+    assert_eq!(
+        auth.check(Some("forged"), NS).await,
+        Err(Denied::Unauthenticated)
+    );
+    assert_eq!(auth.check(None, NS).await, Err(Denied::Unauthenticated));
+    // A file token decides without asking the API server.
+    let before = reviews.lock().unwrap().len();
+    assert_eq!(auth.check(Some("file-token"), "hr").await, Ok(()));
+    assert_eq!(
+        auth.check(Some("file-token"), NS).await,
+        Err(Denied::Forbidden)
+    );
+    assert_eq!(reviews.lock().unwrap().len(), before);
+    assert!(
+        reviews
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(path, _)| path == "/apis/authentication.k8s.io/v1/tokenreviews")
+    );
+}

@@ -27,7 +27,7 @@ use super::{
 use crate::api::{IncomingEmailServer, OutgoingEmailServer};
 use crate::incoming::worker::WorkerOptions;
 use crate::outgoing::Outbox;
-use crate::submission::{self, Tokens};
+use crate::submission::{self, ServiceAccounts, Tokens};
 
 /// Reconciles running at once, per kind.
 const CONCURRENCY: u16 = 8;
@@ -206,22 +206,22 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
     }
     let _ = probe.contexts.set(contexts.clone());
 
-    let submission_task = match opts.tokens.clone() {
-        Some(tokens) => {
-            let listener = listen(opts.submission_listen).await?;
-            let mut stop = stop_rx.clone();
-            Some(tokio::spawn(submission::serve(
-                listener,
-                submission::router(outbox.clone(), Arc::new(tokens)),
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            )))
-        }
-        None => {
-            tracing::warn!("submission endpoint off: no token configured");
-            None
-        }
+    // In a cluster the endpoint always runs: ServiceAccount tokens are
+    // reviewed by the API server, file tokens are optional.
+    let submission_task = {
+        let listener = listen(opts.submission_listen).await?;
+        let auth = ServiceAccounts {
+            tokens: opts.tokens.clone(),
+            client: client.clone(),
+        };
+        let mut stop = stop_rx.clone();
+        tokio::spawn(submission::serve(
+            listener,
+            submission::router(outbox.clone(), Arc::new(auth)),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ))
     };
 
     futures::future::join_all(running).await;
@@ -229,9 +229,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
     for ctx in &contexts {
         ctx.stop_all().await;
     }
-    if let Some(t) = submission_task {
-        let _ = t.await;
-    }
+    let _ = submission_task.await;
     if *stop_rx.borrow() {
         Ok(())
     } else {

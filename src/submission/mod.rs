@@ -8,8 +8,10 @@
 //! one recipient was sent; 422 when none was (all blocked or refused); 503 when
 //! no server could take it now; 400 for bad input, naming the field; 401
 //! without a valid bearer token; 403 for a token not allowed in the namespace;
-//! 404 for an unknown server.
+//! 404 for an unknown server. Tokens come from a file; in a cluster a
+//! ServiceAccount token is reviewed by the API server (`auth`).
 
+pub mod auth;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use serde::Serialize;
 
 use crate::outgoing::message::MAX_MESSAGE_BYTES;
 use crate::outgoing::{Outbox, Outcome, OutgoingMessage, SendError, SendReport};
+pub use auth::{Authenticator, ServiceAccounts};
 pub use tokens::{Denied, TokenError, Tokens};
 
 /// Where the endpoint listens unless told otherwise: this machine only.
@@ -32,7 +35,7 @@ pub const DEFAULT_BIND: &str = "127.0.0.1:8025";
 #[derive(Clone, Debug)]
 struct AppState {
     outbox: Arc<Outbox>,
-    tokens: Arc<Tokens>,
+    auth: Arc<dyn Authenticator>,
 }
 
 #[derive(Debug, Serialize)]
@@ -55,7 +58,7 @@ fn error(status: StatusCode, message: impl Into<String>, field: Option<String>) 
 }
 
 /// The endpoint's routes.
-pub fn router(outbox: Arc<Outbox>, tokens: Arc<Tokens>) -> Router {
+pub fn router(outbox: Arc<Outbox>, auth: Arc<dyn Authenticator>) -> Router {
     // base64 makes attachments a third larger; leave room for the JSON around them.
     let limit = MAX_MESSAGE_BYTES / 3 * 4 + 1024 * 1024;
     Router::new()
@@ -65,7 +68,7 @@ pub fn router(outbox: Arc<Outbox>, tokens: Arc<Tokens>) -> Router {
         )
         .route("/v1/namespaces/{namespace}/messages", post(send_primary))
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(AppState { outbox, tokens })
+        .with_state(AppState { outbox, auth })
 }
 
 async fn send_named(
@@ -97,7 +100,7 @@ async fn submit(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match state.tokens.check(bearer, namespace) {
+    match state.auth.check(bearer, namespace).await {
         Ok(()) => {}
         Err(Denied::Unauthenticated) => {
             return error(
