@@ -142,9 +142,19 @@ fn message_id_ref(field: &str, value: &str) -> Result<(), InvalidMessage> {
     Ok(())
 }
 
+/// A message that passed every check, with its recipients parsed and its
+/// attachments decoded once, however many servers it is built for.
+#[derive(Debug)]
+pub struct Checked<'a> {
+    message: &'a OutgoingMessage,
+    /// To, Cc and Bcc in order, each once.
+    pub recipients: Vec<Address>,
+    attachments: Vec<(ContentType, Vec<u8>)>,
+}
+
 impl OutgoingMessage {
     /// Checks every field; the first problem is named.
-    pub fn validate(&self) -> Result<Vec<Address>, InvalidMessage> {
+    pub fn validate(&self) -> Result<Checked<'_>, InvalidMessage> {
         let mut recipients: Vec<Address> = Vec::new();
         for (list, values) in [("to", &self.to), ("cc", &self.cc), ("bcc", &self.bcc)] {
             for (i, value) in values.iter().enumerate() {
@@ -187,6 +197,7 @@ impl OutgoingMessage {
         }
         let mut total =
             self.text.as_ref().map_or(0, String::len) + self.html.as_ref().map_or(0, String::len);
+        let mut attachments = Vec::with_capacity(self.attachments.len());
         for (i, a) in self.attachments.iter().enumerate() {
             single_line(&format!("attachments[{i}].filename"), &a.filename)?;
             if a.filename.trim().is_empty() {
@@ -195,7 +206,7 @@ impl OutgoingMessage {
                     "a file name is required",
                 ));
             }
-            ContentType::parse(&a.content_type).map_err(|_| {
+            let content_type = ContentType::parse(&a.content_type).map_err(|_| {
                 invalid(
                     format!("attachments[{i}].contentType"),
                     format!(
@@ -204,7 +215,9 @@ impl OutgoingMessage {
                     ),
                 )
             })?;
-            total += decode(i, &a.content)?.len();
+            let bytes = decode(i, &a.content)?;
+            total += bytes.len();
+            attachments.push((content_type, bytes));
         }
         if total > MAX_MESSAGE_BYTES {
             return Err(invalid(
@@ -212,23 +225,34 @@ impl OutgoingMessage {
                 format!("the message is larger than {MAX_MESSAGE_BYTES} bytes"),
             ));
         }
-        Ok(recipients)
+        Ok(Checked {
+            message: self,
+            recipients,
+            attachments,
+        })
     }
 
-    /// Validates and builds the MIME message from `from`'s identity. Bcc stays
-    /// in the envelope only.
+    /// Validates and builds the MIME message from `from`'s identity.
     pub fn build(&self, from: &Identity, message_id: &str) -> Result<Built, InvalidMessage> {
-        let recipients = self.validate()?;
+        self.validate()?.build(from, message_id)
+    }
+}
+
+impl Checked<'_> {
+    /// Builds the MIME message from `from`'s identity. Bcc stays in the
+    /// envelope only.
+    pub fn build(&self, from: &Identity, message_id: &str) -> Result<Built, InvalidMessage> {
+        let m = self.message;
         let sender = Mailbox::new(from.sender_name.clone(), address("email", &from.email)?);
         let mut builder = Message::builder()
             .from(sender)
-            .subject(self.subject.clone())
+            .subject(m.subject.clone())
             .message_id(Some(message_id.to_owned()))
             .date(SystemTime::now());
         if let Some(r) = &from.reply_to {
             builder = builder.reply_to(Mailbox::new(None, address("replyTo", r)?));
         }
-        for (list, values) in [("to", &self.to), ("cc", &self.cc)] {
+        for (list, values) in [("to", &m.to), ("cc", &m.cc)] {
             for (i, value) in values.iter().enumerate() {
                 let mailbox = Mailbox::new(None, address(&format!("{list}[{i}]"), value)?);
                 builder = if list == "to" {
@@ -238,14 +262,14 @@ impl OutgoingMessage {
                 };
             }
         }
-        if let Some(id) = &self.in_reply_to {
+        if let Some(id) = &m.in_reply_to {
             builder = builder.in_reply_to(id.trim().to_owned());
         }
-        if !self.references.is_empty() {
-            let joined: Vec<&str> = self.references.iter().map(|r| r.trim()).collect();
+        if !m.references.is_empty() {
+            let joined: Vec<&str> = m.references.iter().map(|r| r.trim()).collect();
             builder = builder.references(joined.join(" "));
         }
-        for (name, value) in &self.headers {
+        for (name, value) in &m.headers {
             let name = HeaderName::new_from_ascii(name.clone())
                 .map_err(|_| invalid(format!("headers.{name}"), "not a valid header name"))?;
             builder = builder.raw_header(HeaderValue::new(name, value.clone()));
@@ -258,13 +282,14 @@ impl OutgoingMessage {
         .map_err(|e| invalid("to", format!("the message could not be built: {e}")))?;
         Ok(Built {
             message_id: message_id.to_owned(),
-            recipients,
+            recipients: self.recipients.clone(),
             bytes: message.formatted(),
         })
     }
 
     fn body(&self) -> Result<Body, InvalidMessage> {
-        let text = match (&self.text, &self.html) {
+        let m = self.message;
+        let text = match (&m.text, &m.html) {
             (Some(t), Some(h)) => {
                 Body::Multi(MultiPart::alternative_plain_html(t.clone(), h.clone()))
             }
@@ -279,11 +304,9 @@ impl OutgoingMessage {
             Body::Single(part) => MultiPart::mixed().singlepart(part),
             Body::Multi(part) => MultiPart::mixed().multipart(part),
         };
-        for (i, a) in self.attachments.iter().enumerate() {
-            let content_type = ContentType::parse(&a.content_type)
-                .map_err(|_| invalid(format!("attachments[{i}].contentType"), "not a MIME type"))?;
+        for ((content_type, bytes), a) in self.attachments.iter().zip(&m.attachments) {
             mixed = mixed.singlepart(
-                Attachment::new(a.filename.clone()).body(decode(i, &a.content)?, content_type),
+                Attachment::new(a.filename.clone()).body(bytes.clone(), content_type.clone()),
             );
         }
         Ok(Body::Multi(mixed))

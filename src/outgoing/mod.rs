@@ -16,7 +16,7 @@ use lettre::Address;
 use serde::Serialize;
 
 use crate::filter::{RejectionLog, RejectionRecord};
-pub use message::{Identity, InvalidMessage, OutgoingMessage, new_message_id};
+pub use message::{Checked, Identity, InvalidMessage, OutgoingMessage, new_message_id};
 use pool::{AttemptError, Pool};
 pub use settings::OutgoingSettings;
 use smtp::{RcptAnswer, TransactionError};
@@ -201,7 +201,8 @@ impl Outbox {
         name: Option<&str>,
         message: &OutgoingMessage,
     ) -> Result<SendReport, SendError> {
-        let recipients = message.validate()?;
+        let message = message.validate()?;
+        let recipients = message.recipients.clone();
         let primary = self.primary(namespace);
         let chosen = match name {
             Some(n) => self.get(namespace, n).ok_or_else(|| SendError::NotFound {
@@ -214,7 +215,7 @@ impl Outbox {
         };
         let message_id = new_message_id(&chosen.settings.message_id_domain);
         let identity = chosen.identity();
-        let first = attempt(&chosen, message, &message_id, &identity, recipients).await?;
+        let first = attempt(&chosen, &message, &message_id, &identity, recipients).await?;
         let mut report = SendReport {
             message_id: message_id.clone(),
             server: chosen.name.clone(),
@@ -244,7 +245,7 @@ impl Outbox {
                     ..primary.identity()
                 };
                 let rest = first.retry.into_iter().map(|(a, _)| a).collect();
-                let second = attempt(&primary, message, &message_id, &via, rest).await?;
+                let second = attempt(&primary, &message, &message_id, &via, rest).await?;
                 report.recipients.extend(second.done);
                 report.recipients.extend(
                     second
@@ -276,7 +277,7 @@ fn deferred(address: Address, server: &str, why: String) -> RecipientReport {
 /// One server's try: the filter, then the SMTP transaction.
 async fn attempt(
     server: &OutgoingServer,
-    message: &OutgoingMessage,
+    message: &Checked<'_>,
     message_id: &str,
     identity: &Identity,
     recipients: Vec<Address>,
