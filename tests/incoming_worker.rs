@@ -70,15 +70,7 @@ impl Run {
 }
 
 fn tickets(dir: &Path) -> Vec<Ticket> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-                .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
-                .collect()
-        })
-        .unwrap_or_default()
+    support::json_files(dir)
 }
 
 async fn wait_tickets(dir: &Path, n: usize) -> Vec<Ticket> {

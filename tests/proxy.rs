@@ -235,11 +235,7 @@ async fn a_proxy_killed_mid_idle_is_survived_and_nothing_is_lost() {
         matches!(e, WorkerEvent::TicketCreated { .. })
     })
     .await;
-    let tickets: Vec<_> = std::fs::read_dir(out.path().join("t"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .collect();
+    let tickets: Vec<serde_json::Value> = support::json_files(&out.path().join("t"));
     assert_eq!(tickets.len(), 1);
     handle.stop().await;
 }

@@ -3,6 +3,8 @@
 //! submission endpoint and comes out as ticket files; status files tell the
 //! truth; the folder is watched; SIGTERM stops cleanly.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -153,15 +155,7 @@ impl Mailroom {
     }
 
     fn tickets(&self) -> Vec<Value> {
-        std::fs::read_dir(self.dir.join(".tickets"))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-                    .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
-                    .collect()
-            })
-            .unwrap_or_default()
+        support::json_files(&self.dir.join(".tickets"))
     }
 
     fn wait_tickets(&self, n: usize) -> Vec<Value> {

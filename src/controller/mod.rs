@@ -65,6 +65,30 @@ pub struct Running<R> {
     written_at: Option<Instant>,
 }
 
+impl<R> Running<R> {
+    fn new(namespace: &str, name: &str, runtime: R, hash: [u8; 32]) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            runtime,
+            hash,
+            written_at: None,
+        }
+    }
+}
+
+/// A callback that asks for a reconcile of `obj`.
+fn reconcile_trigger<K: Resource<DynamicType = ()> + Send + Sync + 'static>(
+    trigger: &mpsc::UnboundedSender<ObjectRef<K>>,
+    obj: &K,
+) -> crate::runtime::OnChange {
+    let trigger = trigger.clone();
+    let me = ObjectRef::from_obj(obj);
+    Arc::new(move || {
+        let _ = trigger.send(me.clone());
+    })
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
@@ -425,8 +449,6 @@ async fn apply_incoming(obj: Arc<IncomingEmailServer>, ctx: Arc<Context>) -> Res
             }
             None => false,
         };
-        let trigger = ctx.incoming_trigger.clone();
-        let me = ObjectRef::from_obj(obj.as_ref());
         let owner = obj.controller_owner_ref(&()).ok_or(Error::Unnamed)?;
         let runtime = IncomingRuntime::start(IncomingInputs {
             namespace: &ns,
@@ -445,20 +467,9 @@ async fn apply_incoming(obj: Arc<IncomingEmailServer>, ctx: Arc<Context>) -> Res
                 MANAGER,
             )),
             options: ctx.options.clone(),
-            on_change: Some(Arc::new(move || {
-                let _ = trigger.send(me.clone());
-            })),
+            on_change: Some(reconcile_trigger(&ctx.incoming_trigger, obj.as_ref())),
         });
-        running.insert(
-            uid.clone(),
-            Running {
-                namespace: ns.clone(),
-                name: name.clone(),
-                runtime,
-                hash,
-                written_at: None,
-            },
-        );
+        running.insert(uid.clone(), Running::new(&ns, &name, runtime, hash));
         let what = if restart {
             "restarted with the new configuration"
         } else {
@@ -593,8 +604,6 @@ async fn apply_outgoing(obj: Arc<OutgoingEmailServer>, ctx: Arc<Context>) -> Res
             }
             None => Default::default(),
         };
-        let trigger = ctx.outgoing_trigger.clone();
-        let me = ObjectRef::from_obj(obj.as_ref());
         let runtime = OutgoingRuntime::start(
             &ns,
             &name,
@@ -603,20 +612,9 @@ async fn apply_outgoing(obj: Arc<OutgoingEmailServer>, ctx: Arc<Context>) -> Res
             &fetched.config_maps(),
             &ctx.outbox,
             stats,
-            Some(Arc::new(move || {
-                let _ = trigger.send(me.clone());
-            })),
+            Some(reconcile_trigger(&ctx.outgoing_trigger, obj.as_ref())),
         );
-        running.insert(
-            uid.clone(),
-            Running {
-                namespace: ns.clone(),
-                name: name.clone(),
-                runtime,
-                hash,
-                written_at: None,
-            },
-        );
+        running.insert(uid.clone(), Running::new(&ns, &name, runtime, hash));
         // Incoming servers of the namespace treat our address as their own.
         for i in ctx
             .incoming_store

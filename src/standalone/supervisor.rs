@@ -12,7 +12,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde::Serialize;
 
-use super::manifests::{Key, Snapshot};
+use super::manifests::{Key, Loaded, Snapshot};
 use crate::incoming::worker::WorkerOptions;
 use crate::outgoing::Outbox;
 use crate::runtime::{IncomingInputs, IncomingRuntime, OutgoingRuntime, Runtime, config_hash};
@@ -52,6 +52,24 @@ struct Entry<R> {
     generation: Option<i64>,
     conditions: Vec<Condition>,
     written: Option<String>,
+}
+
+impl<R> Entry<R> {
+    fn new<K: kube::Resource>(
+        runtime: R,
+        hash: [u8; 32],
+        loaded: &Loaded<K>,
+        conditions: Vec<Condition>,
+    ) -> Self {
+        Self {
+            runtime,
+            hash,
+            file: loaded.file.clone(),
+            generation: loaded.object.meta().generation,
+            conditions,
+            written: None,
+        }
+    }
 }
 
 /// The running state of a manifests folder.
@@ -175,17 +193,8 @@ impl Supervisor {
                 stats,
                 None,
             );
-            self.outgoing.insert(
-                key.clone(),
-                Entry {
-                    runtime,
-                    hash,
-                    file: loaded.file.clone(),
-                    generation: loaded.object.metadata.generation,
-                    conditions,
-                    written: None,
-                },
-            );
+            self.outgoing
+                .insert(key.clone(), Entry::new(runtime, hash, loaded, conditions));
         }
     }
 
@@ -235,17 +244,8 @@ impl Supervisor {
                 options: self.options.clone(),
                 on_change: None,
             });
-            self.incoming.insert(
-                key.clone(),
-                Entry {
-                    runtime,
-                    hash,
-                    file: loaded.file.clone(),
-                    generation: loaded.object.metadata.generation,
-                    conditions,
-                    written: None,
-                },
-            );
+            self.incoming
+                .insert(key.clone(), Entry::new(runtime, hash, loaded, conditions));
         }
     }
 

@@ -135,14 +135,20 @@ pub fn conditions(
     };
     out.extend(filter);
     for c in &mut out {
-        c.observed_generation = generation;
-        c.last_transition_time = previous
-            .iter()
-            .find(|p| p.type_ == c.type_ && p.status == c.status)
-            .map(|p| p.last_transition_time.clone())
-            .unwrap_or(Time(now));
+        stamp(c, generation, previous, now);
     }
     out
+}
+
+/// Sets the generation, and keeps the previous transition time unless the
+/// status flipped.
+fn stamp(c: &mut Condition, generation: Option<i64>, previous: &[Condition], now: jiff::Timestamp) {
+    c.observed_generation = generation;
+    c.last_transition_time = previous
+        .iter()
+        .find(|p| p.type_ == c.type_ && p.status == c.status)
+        .map(|p| p.last_transition_time.clone())
+        .unwrap_or(Time(now));
 }
 
 pub const PRIMARY_CONFLICT: &str = "PrimaryConflict";
@@ -167,12 +173,7 @@ pub fn primary_conflict(
             others.join(", ")
         ),
     );
-    c.observed_generation = generation;
-    c.last_transition_time = previous
-        .iter()
-        .find(|p| p.type_ == PRIMARY_CONFLICT && p.status == "True")
-        .map(|p| p.last_transition_time.clone())
-        .unwrap_or(Time(now));
+    stamp(&mut c, generation, previous, now);
     Some(c)
 }
 

@@ -17,6 +17,20 @@ use testbed::{Stack, User};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Every `*.json` file of a folder (e.g. the directory sink's tickets),
+/// parsed; none when the folder does not exist yet.
+pub fn json_files<T: serde::de::DeserializeOwned>(dir: &std::path::Path) -> Vec<T> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Secrets held in memory, keyed by (name, key).
 #[derive(Default, Clone)]
 pub struct Secrets(pub HashMap<(String, String), Vec<u8>>);
