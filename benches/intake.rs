@@ -160,7 +160,7 @@ async fn main() {
     // The disk's own floor for one-file-per-ticket: the same write protocol
     // (temporary file, syncfs per batch of 500, rename, directory fsync) with
     // ready-made tickets and no mail at all.
-    let floor_dir = tempfile::tempdir_in(".").unwrap();
+    let floor_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let floor_sink = DirectorySink::open(floor_dir.path()).unwrap();
     let sample: Vec<_> = (0..total)
         .map(|i| {
@@ -188,7 +188,7 @@ async fn main() {
     for (label, dir, mailbox) in [
         (
             "ticket files on disk",
-            tempfile::tempdir_in(".").unwrap(),
+            tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap(),
             &user,
         ),
         (
