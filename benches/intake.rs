@@ -153,9 +153,7 @@ async fn main() {
         ("mail".into(), "password".into(), user.password.clone()),
         ("ca".into(), "ca.crt".into(), stack.ca_pem().to_owned()),
     ]);
-    let settings =
-        IncomingSettings::resolve("bench", "intake", &spec, &secrets, &Secrets(Vec::new()))
-            .unwrap();
+    let settings = IncomingSettings::resolve("intake", &spec, support::sources(&secrets)).unwrap();
 
     // The disk's own floor for one-file-per-ticket: the same write protocol
     // (temporary file, syncfs per batch of 500, rename, directory fsync) with
@@ -198,10 +196,10 @@ async fn main() {
         ),
     ] {
         let mut settings = settings.clone();
-        let mailroom::config::Credentials::Basic { username, password } =
-            &mut settings.server.credentials;
-        *username = mailbox.address.clone();
-        *password = mailbox.password.clone().into();
+        settings.server.credentials = mailroom::config::Credentials::Basic {
+            username: mailbox.address.clone(),
+            password: mailbox.password.clone().into(),
+        };
         let sink = Arc::new(Sink::Directory(
             DirectorySink::open(dir.path().join("tickets")).unwrap(),
         ));

@@ -43,7 +43,12 @@ async fn main() {
     };
     let status_file = paths.status.join("incomingemailserver/bench/support.yaml");
     let validator = ManifestValidator::new().unwrap();
-    let mut supervisor = Supervisor::new(paths, Arc::new(Outbox::new()), WorkerOptions::default());
+    let mut supervisor = Supervisor::new(
+        paths,
+        dir.path(),
+        Arc::new(Outbox::new()),
+        WorkerOptions::default(),
+    );
     let mut figures = Vec::new();
     for round in 0..=rounds {
         std::fs::write(

@@ -79,14 +79,8 @@ async fn main() {
             ("mail".into(), "password".into(), user.password.clone()),
             ("ca".into(), "ca.crt".into(), stack.ca_pem().to_owned()),
         ]);
-        let settings = IncomingSettings::resolve(
-            "bench",
-            &format!("m{i}"),
-            &spec,
-            &secrets,
-            &Secrets(Vec::new()),
-        )
-        .unwrap();
+        let settings =
+            IncomingSettings::resolve(&format!("m{i}"), &spec, support::sources(&secrets)).unwrap();
         let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
         let counter = idle.clone();
         tokio::spawn(async move {

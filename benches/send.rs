@@ -57,7 +57,7 @@ async fn main() {
     ]);
     // Accepted and discarded: delivery into Dovecot would compete for the CPU.
     let rcpt = format!("{}@mailroom.test", testbed::DISCARD);
-    let settings = OutgoingSettings::resolve(&spec, &secrets, &Secrets(Vec::new())).unwrap();
+    let settings = OutgoingSettings::resolve(&spec, support::sources(&secrets)).unwrap();
     let identity = Identity {
         email: sender.address.clone(),
         sender_name: Some("Bench".into()),

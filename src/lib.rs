@@ -7,6 +7,7 @@ pub mod connection;
 pub mod controller;
 pub mod filter;
 pub mod incoming;
+pub mod oauth2;
 pub mod outgoing;
 pub mod runtime;
 pub mod signals;

@@ -2,14 +2,17 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mailroom::api;
 use mailroom::api::validation::ManifestValidator;
 use mailroom::controller;
 use mailroom::controller::run::ControllerOptions;
+use mailroom::oauth2::{self, authorize};
 use mailroom::standalone::{self, RunOptions, check, table};
 use mailroom::submission::{DEFAULT_BIND, Tokens};
+use secrecy::SecretString;
 
 /// mailroom: mailboxes in, helpdesk tickets out, declared as Kubernetes resources.
 #[derive(Parser)]
@@ -106,12 +109,66 @@ enum Command {
         #[arg(long = "secret-file", value_name = "FILE")]
         secret_files: Vec<PathBuf>,
     },
+    /// OAuth2 sign-in helpers.
+    #[command(name = "oauth2", subcommand)]
+    OAuth2(OAuth2Command),
     /// Print the IncomingEmailServer and OutgoingEmailServer CRDs as YAML
     /// (`mailroom crd | kubectl apply -f -`).
     Crd {
         /// Write one file per CRD into this folder instead (`<name>.yaml`), as kept in `crds/`.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OAuthProvider {
+    Google,
+    Microsoft,
+    /// Any other provider: give --authorize-url, --token-url and --scope.
+    Other,
+}
+
+#[derive(Subcommand)]
+enum OAuth2Command {
+    /// Obtain the first refresh token: open the printed URL in a browser on
+    /// this machine and consent; the provider sends the browser back to a
+    /// listener on 127.0.0.1. Prints the Secret to apply (standard output).
+    Authorize {
+        #[arg(long, value_enum)]
+        provider: OAuthProvider,
+        /// The OAuth client id (a "Desktop app" client at Google, a public
+        /// client with redirect URI http://localhost at Microsoft).
+        #[arg(long)]
+        client_id: String,
+        /// The client secret; better given in the environment than on the command line.
+        #[arg(long, env = "MAILROOM_OAUTH2_CLIENT_SECRET", hide_env_values = true)]
+        client_secret: String,
+        /// The mailbox to sign in as.
+        #[arg(long, value_name = "EMAIL")]
+        login_hint: Option<String>,
+        /// Consent endpoint (default: the provider's).
+        #[arg(long, value_name = "URL")]
+        authorize_url: Option<String>,
+        /// Token endpoint (default: the provider's; for a Microsoft tenant of
+        /// your own, its tenant URL).
+        #[arg(long, value_name = "URL")]
+        token_url: Option<String>,
+        /// Scopes to request, repeatable (default: the provider's IMAP, POP3 and SMTP scopes).
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Name of the printed Secret.
+        #[arg(long, default_value = "mailroom-oauth2")]
+        secret_name: String,
+        /// Namespace of the printed Secret.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Where to listen for the redirect (port 0: any free port).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// How long to wait for the consent.
+        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+        timeout: u64,
     },
 }
 
@@ -162,6 +219,7 @@ fn main() -> ExitCode {
             files,
             secret_files,
         } => return test_connection(files, secret_files),
+        Command::OAuth2(command) => oauth2(command),
         Command::Controller {
             namespaces,
             default_sink_dir,
@@ -267,6 +325,73 @@ fn test_connection(files: Vec<PathBuf>, secret_files: Vec<PathBuf>) -> ExitCode 
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn oauth2(command: OAuth2Command) -> Result<(), String> {
+    let OAuth2Command::Authorize {
+        provider,
+        client_id,
+        client_secret,
+        login_hint,
+        authorize_url,
+        token_url,
+        scopes,
+        secret_name,
+        namespace,
+        listen,
+        timeout,
+    } = command;
+    let preset = match provider {
+        OAuthProvider::Google => Some(oauth2::preset::GOOGLE),
+        OAuthProvider::Microsoft => Some(oauth2::preset::MICROSOFT),
+        OAuthProvider::Other => None,
+    };
+    let required = |given: Option<String>, default: Option<&str>, flag: &str| {
+        given
+            .or(default.map(str::to_owned))
+            .ok_or_else(|| format!("{flag} is required with --provider other"))
+    };
+    let client_secret = SecretString::from(client_secret);
+    let request = authorize::Request {
+        authorize_url: required(
+            authorize_url,
+            preset.map(|p| p.authorize_url),
+            "--authorize-url",
+        )?,
+        token_url: required(token_url, preset.map(|p| p.token_url), "--token-url")?,
+        client_id: client_id.clone(),
+        client_secret: client_secret.clone(),
+        scopes: if scopes.is_empty() {
+            preset
+                .map(|p| p.scopes.iter().map(|s| (*s).to_owned()).collect())
+                .unwrap_or_default()
+        } else {
+            scopes
+        },
+        login_hint,
+        listen,
+        timeout: Duration::from_secs(timeout),
+    };
+    let refresh_token = runtime()?
+        .block_on(authorize::authorize(&request, |url| {
+            eprintln!("Open this URL in a browser on this machine and consent:\n\n{url}\n");
+            eprintln!("Waiting up to {timeout} s for the provider to send the browser back…");
+        }))
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "Consent received. Apply the Secret below (kubectl apply -f -, or save it into the manifests folder) and point auth.oauth2.secretRef at it."
+    );
+    print!(
+        "{}",
+        authorize::secret_yaml(
+            &secret_name,
+            namespace.as_deref(),
+            &client_id,
+            &client_secret,
+            &refresh_token
+        )
+    );
+    Ok(())
 }
 
 fn print_crds() -> Result<(), String> {

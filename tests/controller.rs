@@ -2,7 +2,8 @@
 //! does) that records every request, while the mail servers are the real ones:
 //! the exact requests of a reconcile, the status it writes for success, a wrong
 //! password and a missing Secret, the finalizer, no write when nothing changed,
-//! the Secret mapper, the watch filter and the Lease.
+//! the Secret mapper, the watch filter, the Lease, and a rotated OAuth2
+//! refresh token written back to its Secret.
 
 mod support;
 
@@ -73,6 +74,10 @@ impl FakeApi {
                 .get(&last)
                 .cloned()
                 .map_or_else(not_found, |c| (200, c)),
+            "PUT" if path.contains("/secrets/") => {
+                self.secrets.lock().unwrap().insert(last, body.clone());
+                (200, body.clone())
+            }
             "PATCH" if path.contains("/configmaps/") => {
                 self.config_maps.lock().unwrap().insert(last, body.clone());
                 (200, body.clone())
@@ -768,4 +773,149 @@ async fn service_account_tokens_are_reviewed_and_kept_to_their_namespace() {
             .iter()
             .all(|(path, _)| path == "/apis/authentication.k8s.io/v1/tokenreviews")
     );
+}
+
+#[tokio::test]
+async fn a_rotated_refresh_token_goes_back_into_the_secret_and_restarts_nothing() {
+    let stack = Stack::shared();
+    let user = stack.create_user("ctl-oauth").unwrap();
+    let oauth = stack.oauth();
+    let client = oauth.register_client(testbed::oauth::ClientOptions {
+        rotate: true,
+        ..Default::default()
+    });
+    let first = oauth.grant(&client.0, &user.address);
+    let mut obj = object(stack, &user, "uid-oauth");
+    obj.spec.auth = serde_json::from_value(json!({
+        "type": "OAuth2",
+        "oauth2": {"secretRef": {"name": "oauth"}, "tokenUrl": oauth.token_url()},
+    }))
+    .unwrap();
+    let mut h = harness(stack, "unused", &obj, &[]);
+    let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+    h.api.secrets.lock().unwrap().insert(
+        "oauth".into(),
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "oauth", "namespace": NS, "resourceVersion": "7"},
+            "data": {
+                "client_id": b64(&client.0),
+                "client_secret": b64(&client.1),
+                "refresh_token": b64(&first),
+            },
+        }),
+    );
+
+    reconcile_incoming(Arc::new(obj.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    h.triggered().await;
+    let put = h
+        .api
+        .seen()
+        .into_iter()
+        .find(|s| s.method == "PUT")
+        .expect("the Secret was updated");
+    assert_eq!(put.path, format!("/api/v1/namespaces/{NS}/secrets/oauth"));
+    assert!(put.query.contains("fieldManager=mailroom"), "{}", put.query);
+    assert_eq!(
+        put.body["metadata"]["resourceVersion"], "7",
+        "optimistic concurrency"
+    );
+    let written = put.body["data"]["refresh_token"].as_str().unwrap();
+    let written = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(written)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(written != first && oauth.is_valid(&written) && !oauth.is_valid(&first));
+    assert_eq!(
+        put.body["data"]["client_id"],
+        b64(&client.0),
+        "other keys kept"
+    );
+
+    // The next reconcile reads the Secret with the new token: no restart.
+    h.api.take();
+    reconcile_incoming(Arc::new(obj.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    let seen = h.api.take();
+    assert!(
+        !seen.iter().any(|s| s.body["reason"] == "WorkerStarted"),
+        "{seen:?}"
+    );
+    assert_eq!(oauth.stats(&client.0).refreshes, 1);
+
+    let patch = seen
+        .iter()
+        .rfind(|s| s.method == "PATCH" && s.path.ends_with("/status"))
+        .expect("the connected status is written");
+    let status = &patch.body["status"];
+    assert!(
+        status["oauth2"]["accessTokenExpiry"].is_string()
+            && status["oauth2"]["lastRotationTime"].is_string(),
+        "{status:#}"
+    );
+    let metrics = mailroom::controller::http::render(std::slice::from_ref(&h.ctx)).await;
+    let labels = format!("{{kind=\"IncomingEmailServer\",namespace=\"{NS}\",name=\"support\"}}");
+    for family in [
+        "mailroom_oauth2_access_token_expiry_timestamp_seconds",
+        "mailroom_oauth2_last_refresh_timestamp_seconds",
+    ] {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{family}{labels}")))
+            .unwrap_or_else(|| panic!("no {family} in {metrics}"));
+        let value: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(
+            (value - jiff::Timestamp::now().as_second()).abs() < 3700,
+            "{line}"
+        );
+    }
+
+    // An admin's new token in the Secret is news: the worker restarts with it.
+    let reconsented = oauth.grant(&client.0, &user.address);
+    h.api.secrets.lock().unwrap().get_mut("oauth").unwrap()["data"]["refresh_token"] =
+        b64(&reconsented).into();
+    obj.metadata.uid = Some("uid-oauth".into());
+    reconcile_incoming(Arc::new(obj.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    assert!(
+        h.api
+            .take()
+            .iter()
+            .any(|s| s.body["reason"] == "WorkerStarted"),
+        "a new token restarts the worker"
+    );
+}
+
+#[tokio::test]
+async fn a_write_back_never_overwrites_a_token_changed_meanwhile() {
+    use mailroom::oauth2::WriteBack;
+    use secrecy::SecretString;
+    let api = FakeApi::default();
+    api.secrets.lock().unwrap().insert(
+        "oauth".into(),
+        secret("oauth", "refresh_token", "set-by-admin"),
+    );
+    let writer = mailroom::controller::writeback::SecretUpdate {
+        client: api.client(),
+    };
+    let token = |v: &str| SecretString::from(v.to_owned());
+    let e = writer
+        .write(
+            NS,
+            "oauth",
+            "refresh_token",
+            &token("ours-old"),
+            &token("ours-new"),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no longer holds"), "{e}");
+    assert!(!e.to_string().contains("ours") && !e.to_string().contains("set-by-admin"));
+    assert!(api.seen().iter().all(|s| s.method == "GET"), "no write");
 }

@@ -193,7 +193,7 @@ async fn closed_port_is_connection_refused_and_missing_secret_is_named() {
         },
     );
     let failure =
-        IncomingSettings::resolve("helpdesk", "support", &spec, &secrets, &Secrets::default())
+        IncomingSettings::resolve("support", &spec, support::sources("helpdesk", &secrets))
             .unwrap_err();
     assert_eq!(failure.reason, Reason::SecretNotFound);
     assert!(

@@ -51,7 +51,7 @@ fn spec(
 }
 
 fn settings(spec: &OutgoingEmailServerSpec, secrets: &Secrets) -> OutgoingSettings {
-    OutgoingSettings::resolve(spec, secrets, &Secrets::default()).unwrap()
+    OutgoingSettings::resolve(spec, support::sources(NS, secrets)).unwrap()
 }
 
 fn server(name: &str, settings: OutgoingSettings) -> OutgoingServer {

@@ -66,7 +66,7 @@ fn outgoing_settings(
         "proxy": proxy,
     }))
     .unwrap();
-    OutgoingSettings::resolve(&spec, &secrets, &Secrets::default()).unwrap()
+    OutgoingSettings::resolve(&spec, support::sources("helpdesk", &secrets)).unwrap()
 }
 
 fn went_through(report: &mailroom::connection::ConnectionReport) -> bool {

@@ -61,6 +61,7 @@ async fn a_refusing_sink_shows_as_sink_unavailable_until_it_takes_the_ticket() {
         spec: &spec,
         secrets: &secrets,
         config_maps: &support::Secrets::default(),
+        tokens: &Default::default(),
         own_addresses: Vec::new(),
         outbox: Arc::new(Outbox::new()),
         default_sink: None,

@@ -1,6 +1,9 @@
 //! What the benchmarks share.
 
-use mailroom::config::{SecretError, SecretSource};
+use std::sync::LazyLock;
+
+use mailroom::config::{SecretError, SecretSource, Sources};
+use mailroom::oauth2::Tokens;
 
 /// Secret values in memory: (name, key, value).
 pub struct Secrets(pub Vec<(String, String, String)>);
@@ -12,5 +15,17 @@ impl SecretSource for Secrets {
             .find(|(n, k, _)| n == name && k == key)
             .map(|(_, _, v)| v.as_bytes().to_vec())
             .ok_or_else(|| SecretError::NotFound { name: name.into() })
+    }
+}
+
+/// Lookups in namespace `bench` for `secrets`, with no ConfigMaps.
+pub fn sources(secrets: &Secrets) -> Sources<'_> {
+    static NO_CONFIG_MAPS: Secrets = Secrets(Vec::new());
+    static TOKENS: LazyLock<Tokens> = LazyLock::new(Tokens::default);
+    Sources {
+        namespace: "bench",
+        secrets,
+        config_maps: &NO_CONFIG_MAPS,
+        tokens: &TOKENS,
     }
 }

@@ -106,9 +106,12 @@ pub struct OAuth2Spec {
     #[serde(default = "default_refresh_token_key")]
     #[schemars(length(min = 1))]
     pub refresh_token_key: String,
-    /// Token endpoint. Defaults from the provider (Google, Microsoft); required for provider Other.
+    /// Token endpoint. Defaults from the provider (Google, Microsoft); required
+    /// for provider Other. HTTPS; plain HTTP only to a loopback address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^https://[^\s]+$"))]
+    #[schemars(pattern(
+        r"^(https://[^\s]+|http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]+)?(/[^\s]*)?)$"
+    ))]
     pub token_url: Option<String>,
     /// Scopes requested when refreshing. Defaults from the provider's mail scopes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -29,6 +29,9 @@ pub struct IncomingEmailServerStatus {
     /// Counters of the fetch worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<IncomingStats>,
+    /// OAuth2 access token and refresh times, with auth.type OAuth2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Status>,
     /// With mode DryRun: what would have happened to the mail judged so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<DryRunReport>,
@@ -61,10 +64,33 @@ pub struct OutgoingEmailServerStatus {
     /// Counters of the send worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<OutgoingStats>,
+    /// OAuth2 access token and refresh times, with authentication.type OAuth2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Status>,
     /// The last blocked recipients, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub recent_rejections: Vec<Rejection>,
+}
+
+/// OAuth2 sign-in as last seen. Never a token.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuth2Status {
+    /// When the current access token expires; mailroom refreshes it before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token_expiry: Option<Time>,
+    /// The last refresh the provider answered with an access token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh_time: Option<Time>,
+    /// The last time the provider rotated the refresh token; the new one is
+    /// written back to the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<Time>,
+    /// Why the last rotated refresh token could not be written back to the
+    /// Secret (it is then held in memory only: fix the cause before a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_back_error: Option<String>,
 }
 
 /// Settings in effect after defaults were applied.

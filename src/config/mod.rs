@@ -9,5 +9,5 @@ pub mod size;
 
 pub use defaults::{DefaultsError, Endpoint, MailProtocol, resolve_endpoint};
 pub use secret::normalize_password;
-pub use server::{Credentials, SecretError, SecretSource, ServerSettings};
+pub use server::{AuthRef, Credentials, SecretError, SecretSource, ServerSettings, Sources};
 pub use size::{SizeError, parse_size};

@@ -1,11 +1,14 @@
 //! What every server needs to connect: endpoint, credentials from Secrets, TLS
 //! choices and timeouts.
 
+use std::sync::Arc;
+
 use secrecy::SecretString;
 
 use super::{Endpoint, normalize_password};
-use crate::api::{AuthType, Provider, ProxySpec, SecretKeyRef, TlsSpec};
+use crate::api::{AuthType, OAuth2Spec, Provider, ProxySpec, SecretKeyRef, TlsSpec};
 use crate::connection::{Failure, ProxySettings, Reason, Timeouts, TlsOptions};
+use crate::oauth2::{Grant, Preset, TokenSession, Tokens, preset::url_allowed};
 
 /// Where secret values come from: the cluster's Secrets (controller) or Secret
 /// manifests in a folder (standalone). Lookups are in the resource's namespace.
@@ -31,13 +34,53 @@ impl From<SecretError> for Failure {
     }
 }
 
-/// How to sign in. Debug never shows the password.
+/// Where a resource's secrets come from, and the OAuth2 grants in use.
+#[derive(Clone, Copy)]
+pub struct Sources<'a> {
+    /// The resource's namespace: every reference is resolved in it.
+    pub namespace: &'a str,
+    pub secrets: &'a dyn SecretSource,
+    pub config_maps: &'a dyn SecretSource,
+    pub tokens: &'a Tokens,
+}
+
+/// How to sign in. Debug never shows the password or a token.
 #[derive(Clone, Debug)]
 pub enum Credentials {
     Basic {
         username: String,
         password: SecretString,
     },
+    /// SASL XOAUTH2/OAUTHBEARER with access tokens from the grant's session.
+    OAuth2 {
+        username: String,
+        tokens: Arc<TokenSession>,
+    },
+}
+
+impl Credentials {
+    pub fn username(&self) -> &str {
+        match self {
+            Self::Basic { username, .. } | Self::OAuth2 { username, .. } => username,
+        }
+    }
+
+    /// The OAuth2 session, for status.
+    pub fn oauth2(&self) -> Option<&TokenSession> {
+        match self {
+            Self::OAuth2 { tokens, .. } => Some(tokens),
+            Self::Basic { .. } => None,
+        }
+    }
+}
+
+/// The sign-in part of a spec.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthRef<'a> {
+    pub type_: AuthType,
+    pub username: &'a str,
+    pub password: Option<&'a SecretKeyRef>,
+    pub oauth2: Option<&'a OAuth2Spec>,
 }
 
 /// Everything needed to reach and sign in to one server.
@@ -61,33 +104,95 @@ pub fn secret_text(source: &dyn SecretSource, r: &SecretKeyRef) -> Result<String
     })
 }
 
-/// Resolves Basic credentials; OAuth2 is refused with a clear message until it is built.
+/// Resolves credentials: the password, or the OAuth2 grant's shared session.
 pub fn credentials(
-    source: &dyn SecretSource,
+    sources: Sources<'_>,
     provider: Provider,
-    auth_type: AuthType,
-    username: &str,
-    password_ref: Option<&SecretKeyRef>,
+    auth: AuthRef<'_>,
 ) -> Result<Credentials, Failure> {
-    match auth_type {
+    let username = auth.username.to_owned();
+    match auth.type_ {
         AuthType::Basic => {
-            let r = password_ref.ok_or_else(|| {
+            let r = auth.password.ok_or_else(|| {
                 Failure::new(
                     Reason::SecretNotFound,
                     "passwordSecretRef is required for Basic authentication",
                 )
             })?;
-            let raw = secret_text(source, r)?;
+            let raw = secret_text(sources.secrets, r)?;
             Ok(Credentials::Basic {
-                username: username.to_owned(),
+                username,
                 password: normalize_password(&raw, provider),
             })
         }
-        AuthType::OAuth2 => Err(Failure::new(
-            Reason::ProtocolError,
-            "auth.type OAuth2 is not supported by this mailroom version yet; use Basic with an App Password",
-        )),
+        AuthType::OAuth2 => {
+            let spec = auth.oauth2.ok_or_else(|| {
+                Failure::new(
+                    Reason::SecretNotFound,
+                    "oauth2 is required for OAuth2 authentication: point oauth2.secretRef at the Secret with client id, client secret and refresh token",
+                )
+            })?;
+            let grant = grant(sources.secrets, provider, spec)?;
+            Ok(Credentials::OAuth2 {
+                username,
+                tokens: sources.tokens.session(sources.namespace, grant)?,
+            })
+        }
     }
+}
+
+/// The OAuth2 grant a spec names, with the provider's preset filling in the
+/// token endpoint and scopes the spec leaves out.
+fn grant(
+    source: &dyn SecretSource,
+    provider: Provider,
+    spec: &OAuth2Spec,
+) -> Result<Grant, Failure> {
+    let key = |key: &str| {
+        secret_text(
+            source,
+            &SecretKeyRef {
+                name: spec.secret_ref.name.clone(),
+                key: key.to_owned(),
+            },
+        )
+        .map(|v| v.trim().to_owned())
+    };
+    let preset = Preset::of(provider);
+    let token_url = spec
+        .token_url
+        .clone()
+        .or_else(|| preset.map(|p| p.token_url.to_owned()))
+        .ok_or_else(|| {
+            Failure::new(
+                Reason::ProtocolError,
+                "oauth2.tokenUrl is required with provider Other (presets know their token endpoint)",
+            )
+        })?;
+    if !url_allowed(&token_url) {
+        return Err(Failure::new(
+            Reason::ProtocolError,
+            format!(
+                "oauth2.tokenUrl {token_url:?} must be https:// (plain http only to a loopback address)"
+            ),
+        ));
+    }
+    let scopes = if spec.scopes.is_empty() {
+        preset
+            .map(|p| p.scopes.iter().map(|s| (*s).to_owned()).collect())
+            .unwrap_or_default()
+    } else {
+        spec.scopes.clone()
+    };
+    Ok(Grant {
+        secret: spec.secret_ref.name.clone(),
+        refresh_key: spec.refresh_token_key.clone(),
+        client_id: key(&spec.client_id_key)?,
+        client_secret: SecretString::from(key(&spec.client_secret_key)?),
+        refresh_token: SecretString::from(key(&spec.refresh_token_key)?),
+        token_url,
+        scopes,
+    })
 }
 
 /// The proxy from the spec, with its credentials (keys `username` and
@@ -163,5 +268,81 @@ pub fn authentication_hint(provider: Provider, server_said: &str) -> String {
         Provider::Other => format!(
             "the server refused the sign-in ({said}); check the username (auth.username, default: email) and the password in the Secret"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    struct Map(BTreeMap<(String, String), String>);
+
+    impl SecretSource for Map {
+        fn get(&self, name: &str, key: &str) -> Result<Vec<u8>, SecretError> {
+            self.0
+                .get(&(name.to_owned(), key.to_owned()))
+                .map(|v| v.as_bytes().to_vec())
+                .ok_or_else(|| SecretError::KeyMissing {
+                    name: name.into(),
+                    key: key.into(),
+                })
+        }
+    }
+
+    fn oauth_secret() -> Map {
+        Map(["client_id", "client_secret", "refresh_token"]
+            .into_iter()
+            .map(|k| (("oauth".to_owned(), k.to_owned()), format!("{k}-value\n")))
+            .collect())
+    }
+
+    fn spec(token_url: Option<&str>) -> OAuth2Spec {
+        serde_json::from_value(serde_json::json!({
+            "secretRef": {"name": "oauth"},
+            "tokenUrl": token_url,
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn presets_fill_in_the_token_endpoint_and_mail_scopes() {
+        let g = grant(&oauth_secret(), Provider::Microsoft365, &spec(None)).unwrap();
+        assert_eq!(
+            g.token_url,
+            "https://login.microsoftonline.com/common/oauth2/v2.0/token"
+        );
+        assert!(
+            g.scopes
+                .iter()
+                .any(|s| s.ends_with("IMAP.AccessAsUser.All"))
+        );
+        assert!(g.scopes.iter().any(|s| s == "offline_access"));
+        assert_eq!(g.refresh_token.expose_secret(), "refresh_token-value");
+        let g = grant(&oauth_secret(), Provider::Gmail, &spec(None)).unwrap();
+        assert_eq!(g.token_url, "https://oauth2.googleapis.com/token");
+        assert_eq!(g.scopes, ["https://mail.google.com/"]);
+        // A tenant of one's own overrides the preset's endpoint.
+        let own = "https://login.microsoftonline.com/contoso.example/oauth2/v2.0/token";
+        let g = grant(&oauth_secret(), Provider::Microsoft365, &spec(Some(own))).unwrap();
+        assert_eq!(g.token_url, own);
+    }
+
+    #[test]
+    fn other_providers_need_a_token_endpoint_over_https() {
+        let e = grant(&oauth_secret(), Provider::Other, &spec(None)).unwrap_err();
+        assert!(e.message.contains("tokenUrl is required"), "{}", e.message);
+        let e = grant(
+            &oauth_secret(),
+            Provider::Other,
+            &spec(Some("http://idp.example.com/token")),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("must be https"), "{}", e.message);
+        let e = grant(&Map(BTreeMap::new()), Provider::Gmail, &spec(None)).unwrap_err();
+        assert_eq!(e.reason, Reason::SecretNotFound);
     }
 }

@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 
 use super::Context;
+use crate::oauth2::TokenInfo;
 use crate::status::Health;
 
 /// What the endpoints report on.
@@ -108,7 +109,30 @@ pub async fn render(contexts: &[Arc<Context>]) -> String {
             "1 while the server is connected.",
             Vec::new(),
         ),
+        (
+            "mailroom_oauth2_access_token_expiry_timestamp_seconds",
+            "gauge",
+            "When the current OAuth2 access token expires (Unix time).",
+            Vec::new(),
+        ),
+        (
+            "mailroom_oauth2_last_refresh_timestamp_seconds",
+            "gauge",
+            "The last successful OAuth2 token refresh (Unix time).",
+            Vec::new(),
+        ),
     ];
+    let oauth2 = |families: &mut Vec<Family>, labels: &str, info: Option<TokenInfo>| {
+        let seconds =
+            |t: Option<jiff::Timestamp>| t.map(|t| u64::try_from(t.as_second()).unwrap_or(0));
+        if let Some(info) = info {
+            for (i, t) in [(9, info.expires_at), (10, info.last_refresh)] {
+                if let Some(v) = seconds(t) {
+                    families[i].3.push((labels.to_owned(), v));
+                }
+            }
+        }
+    };
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     for ctx in contexts {
         for r in ctx.incoming.lock().await.values() {
@@ -131,6 +155,7 @@ pub async fn render(contexts: &[Arc<Context>]) -> String {
                 }
             }
             let ready = u64::from(r.runtime.shared.lock().health == Health::Connected);
+            oauth2(&mut families, &labels, r.runtime.oauth2());
             families[8].3.push((labels, ready));
         }
         for r in ctx.outgoing.lock().await.values() {
@@ -152,6 +177,7 @@ pub async fn render(contexts: &[Arc<Context>]) -> String {
                 families[4 + i].3.push((labels.clone(), v));
             }
             let ready = u64::from(r.runtime.shared.lock().health == Health::Connected);
+            oauth2(&mut families, &labels, r.runtime.oauth2());
             families[8].3.push((labels, ready));
         }
     }

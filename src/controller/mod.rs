@@ -10,6 +10,7 @@ pub mod http;
 pub mod leader;
 pub mod references;
 pub mod run;
+pub mod writeback;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::api::{IncomingEmailServer, OutgoingEmailServer};
 use crate::incoming::worker::WorkerOptions;
+use crate::oauth2::Tokens;
 use crate::outgoing::Outbox;
 use crate::runtime::{IncomingInputs, IncomingRuntime, OutgoingRuntime, Runtime, config_hash};
 use crate::status::conditions::{READY, primary_conflict};
@@ -103,6 +105,8 @@ pub struct Context {
     default_sink: Option<PathBuf>,
     options: WorkerOptions,
     failures: std::sync::Mutex<HashMap<String, u32>>,
+    /// OAuth2 grants; rotated refresh tokens go back into their Secrets.
+    pub tokens: Tokens,
 }
 
 impl std::fmt::Debug for Context {
@@ -127,6 +131,9 @@ pub struct ContextParts {
 
 impl Context {
     pub fn new(p: ContextParts) -> Self {
+        let tokens = Tokens::new(Some(Arc::new(writeback::SecretUpdate {
+            client: p.client.clone(),
+        })));
         Self {
             client: p.client,
             outbox: p.outbox,
@@ -140,6 +147,7 @@ impl Context {
             default_sink: p.default_sink,
             options: p.options,
             failures: std::sync::Mutex::default(),
+            tokens,
         }
     }
 
@@ -432,13 +440,16 @@ async fn apply_incoming(obj: Arc<IncomingEmailServer>, ctx: Arc<Context>) -> Res
             .cloned()
             .unwrap_or_default(),
     );
-    let hash = config_hash(
-        "IncomingEmailServer",
-        &serde_json::to_value(&obj.spec).unwrap_or_default(),
-        &fetched.secrets,
-        &fetched.config_maps,
-        &extra,
-    );
+    let digest = || {
+        config_hash(
+            "IncomingEmailServer",
+            &serde_json::to_value(&obj.spec).unwrap_or_default(),
+            &ctx.tokens.stable_view(&ns, &fetched.secrets),
+            &fetched.config_maps,
+            &extra,
+        )
+    };
+    let hash = digest();
     let reference = obj.object_ref(&());
     let mut running = ctx.incoming.lock().await;
     if running.get(&uid).is_none_or(|r| r.hash != hash) {
@@ -456,6 +467,7 @@ async fn apply_incoming(obj: Arc<IncomingEmailServer>, ctx: Arc<Context>) -> Res
             spec: &obj.spec,
             secrets: &fetched.secrets(),
             config_maps: &fetched.config_maps(),
+            tokens: &ctx.tokens,
             own_addresses: own,
             outbox: ctx.outbox.clone(),
             default_sink: ctx.default_sink.as_deref(),
@@ -469,7 +481,9 @@ async fn apply_incoming(obj: Arc<IncomingEmailServer>, ctx: Arc<Context>) -> Res
             options: ctx.options.clone(),
             on_change: Some(reconcile_trigger(&ctx.incoming_trigger, obj.as_ref())),
         });
-        running.insert(uid.clone(), Running::new(&ns, &name, runtime, hash));
+        // Taken again now that the runtime's OAuth2 grants are known, so that
+        // their own refresh-token write-backs leave it unchanged.
+        running.insert(uid.clone(), Running::new(&ns, &name, runtime, digest()));
         let what = if restart {
             "restarted with the new configuration"
         } else {
@@ -587,13 +601,16 @@ async fn apply_outgoing(obj: Arc<OutgoingEmailServer>, ctx: Arc<Context>) -> Res
         .get(TEST_ANNOTATION)
         .cloned()
         .unwrap_or_default();
-    let hash = config_hash(
-        "OutgoingEmailServer",
-        &serde_json::to_value(&obj.spec).unwrap_or_default(),
-        &fetched.secrets,
-        &fetched.config_maps,
-        &[retest],
-    );
+    let digest = || {
+        config_hash(
+            "OutgoingEmailServer",
+            &serde_json::to_value(&obj.spec).unwrap_or_default(),
+            &ctx.tokens.stable_view(&ns, &fetched.secrets),
+            &fetched.config_maps,
+            std::slice::from_ref(&retest),
+        )
+    };
+    let hash = digest();
     let reference = obj.object_ref(&());
     let mut running = ctx.outgoing.lock().await;
     if running.get(&uid).is_none_or(|r| r.hash != hash) {
@@ -610,11 +627,13 @@ async fn apply_outgoing(obj: Arc<OutgoingEmailServer>, ctx: Arc<Context>) -> Res
             &obj.spec,
             &fetched.secrets(),
             &fetched.config_maps(),
+            &ctx.tokens,
             &ctx.outbox,
             stats,
             Some(reconcile_trigger(&ctx.outgoing_trigger, obj.as_ref())),
         );
-        running.insert(uid.clone(), Running::new(&ns, &name, runtime, hash));
+        // As for incoming: the digest as the started grants see it.
+        running.insert(uid.clone(), Running::new(&ns, &name, runtime, digest()));
         // Incoming servers of the namespace treat our address as their own.
         for i in ctx
             .incoming_store

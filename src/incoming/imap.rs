@@ -1,14 +1,16 @@
 //! IMAP sign-in over async-imap: implicit TLS or STARTTLS (required: a server that
-//! does not offer it fails before anything else is sent), then LOGIN.
+//! does not offer it fails before anything else is sent), then LOGIN, or
+//! AUTHENTICATE with an OAuth2 token.
 
 use async_imap::{Client, Session};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::api::{ConnectionStage, SecurityType};
 use crate::config::server::authentication_hint;
 use crate::config::{Credentials, ServerSettings};
 use crate::connection::{Failure, MailStream, Probe, Reason, open, require_starttls, within};
+use crate::oauth2::{self, Attempt, no_token_mechanism, sasl::Mechanism};
 
 pub type ImapSession = Session<MailStream>;
 
@@ -125,26 +127,55 @@ pub async fn connect(server: &ServerSettings, probe: &mut Probe) -> Result<ImapS
         .await?;
     }
     let client = Client::new(secured_plain(conn, "CAPABILITY")?);
-    probe.capabilities = caps;
+    probe.capabilities = caps.clone();
 
-    let Credentials::Basic { username, password } = &server.credentials;
     let provider = server.provider;
     let mut session = probe
-        .stage(
-            ConnectionStage::Login,
-            within(t.io, "signing in", async {
-                client
-                    .login(username, password.expose_secret())
-                    .await
-                    .map_err(|(e, _)| match e {
-                        async_imap::error::Error::No(text) => Failure::new(
-                            Reason::AuthenticationFailed,
-                            authentication_hint(provider, &text),
-                        ),
-                        other => protocol_error("LOGIN", other),
+        .stage(ConnectionStage::Login, async {
+            match &server.credentials {
+                Credentials::Basic { username, password } => {
+                    within(t.io, "signing in", async {
+                        client
+                            .login(username, password.expose_secret())
+                            .await
+                            .map_err(|(e, _)| match e {
+                                async_imap::error::Error::No(text) => Failure::new(
+                                    Reason::AuthenticationFailed,
+                                    authentication_hint(provider, &text),
+                                ),
+                                other => protocol_error("LOGIN", other),
+                            })
                     })
-            }),
-        )
+                    .await
+                }
+                Credentials::OAuth2 { username, tokens } => {
+                    let offered = caps.iter().filter_map(|c| {
+                        c.get(..5)
+                            .filter(|p| p.eq_ignore_ascii_case("AUTH="))
+                            .map(|_| &c[5..])
+                    });
+                    let mechanism = Mechanism::choose(offered)
+                        .ok_or_else(|| no_token_mechanism("IMAP", &caps))?;
+                    oauth2::sign_in(tokens, client, |client, token| async move {
+                        let first = mechanism.initial_response(username, &token, &ep.host, ep.port);
+                        within(t.io, "signing in", async {
+                            Ok(client
+                                .authenticate(mechanism.name(), Sasl::new(mechanism, first))
+                                .await)
+                        })
+                        .await
+                        .map_err(Attempt::Failed)?
+                        .map_err(|(e, client)| match e {
+                            async_imap::error::Error::No(said) => {
+                                Attempt::Refused { said, conn: client }
+                            }
+                            other => Attempt::Failed(protocol_error("AUTHENTICATE", other)),
+                        })
+                    })
+                    .await
+                }
+            }
+        })
         .await?;
     // Capabilities change after sign-in (IDLE, UIDPLUS, MOVE appear).
     if let Ok(after) = within(t.io, "reading capabilities", async {
@@ -166,6 +197,33 @@ pub async fn connect(server: &ServerSettings, probe: &mut Probe) -> Result<ImapS
         probe.capabilities.sort();
     }
     Ok(session)
+}
+
+/// Answers the server's SASL challenges: the token first, then the
+/// acknowledgement of an error challenge.
+struct Sasl {
+    mechanism: Mechanism,
+    first: Option<SecretString>,
+}
+
+impl Sasl {
+    fn new(mechanism: Mechanism, first: SecretString) -> Self {
+        Self {
+            mechanism,
+            first: Some(first),
+        }
+    }
+}
+
+impl async_imap::Authenticator for Sasl {
+    type Response = Vec<u8>;
+
+    fn process(&mut self, _challenge: &[u8]) -> Vec<u8> {
+        match self.first.take() {
+            Some(first) => first.expose_secret().as_bytes().to_vec(),
+            None => self.mechanism.error_ack().as_bytes().to_vec(),
+        }
+    }
 }
 
 /// Maps a refused SELECT/EXAMINE to `MailboxNotFound`.

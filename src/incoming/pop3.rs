@@ -5,13 +5,14 @@
 use std::time::Duration;
 
 use base64::Engine;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::api::{ConnectionStage, SecurityType};
 use crate::config::server::authentication_hint;
 use crate::config::{Credentials, ServerSettings};
 use crate::connection::{Failure, MailStream, Probe, Reason, open, require_starttls, within};
+use crate::oauth2::{self, Attempt, no_token_mechanism, sasl::Mechanism};
 
 /// Longest status line accepted; RFC 1939 allows 512 octets.
 const MAX_LINE: u64 = 8 * 1024;
@@ -171,42 +172,100 @@ impl Pop3 {
         }
         probe.capabilities = caps.clone();
 
-        let Credentials::Basic { username, password } = &server.credentials;
         let provider = server.provider;
-        probe
-            .stage(ConnectionStage::Login, async {
-                let sasl_plain = caps.iter().any(|c| {
-                    let mut words = c.split_whitespace();
-                    words.next().is_some_and(|w| w.eq_ignore_ascii_case("SASL"))
-                        && words.any(|w| w.eq_ignore_ascii_case("PLAIN"))
-                });
-                let refused = |text: String| {
-                    Failure::new(
-                        Reason::AuthenticationFailed,
-                        authentication_hint(provider, &text),
-                    )
-                };
-                if sasl_plain {
-                    let token = base64::engine::general_purpose::STANDARD
-                        .encode(format!("\0{username}\0{}", password.expose_secret()));
-                    pop.send(&format!("AUTH PLAIN {token}")).await?;
-                } else {
-                    if let Reply::Err(text) = {
-                        pop.send(&format!("USER {username}")).await?;
-                        pop.reply().await?
-                    } {
-                        return Err(refused(text));
-                    }
-                    pop.send(&format!("PASS {}", password.expose_secret()))
-                        .await?;
-                }
-                match pop.reply().await? {
-                    Reply::Ok(_) => Ok(()),
-                    Reply::Err(text) => Err(refused(text)),
-                }
+        let refused = |text: String| {
+            Failure::new(
+                Reason::AuthenticationFailed,
+                authentication_hint(provider, &text),
+            )
+        };
+        let sasl: Vec<&str> = caps
+            .iter()
+            .filter_map(|c| {
+                let mut words = c.split_whitespace();
+                words
+                    .next()
+                    .is_some_and(|w| w.eq_ignore_ascii_case("SASL"))
+                    .then_some(words)
             })
-            .await?;
+            .flatten()
+            .collect();
+        let pop = match &server.credentials {
+            Credentials::Basic { username, password } => {
+                probe
+                    .stage(ConnectionStage::Login, async {
+                        if sasl.iter().any(|w| w.eq_ignore_ascii_case("PLAIN")) {
+                            let token = base64::engine::general_purpose::STANDARD
+                                .encode(format!("\0{username}\0{}", password.expose_secret()));
+                            pop.send(&format!("AUTH PLAIN {token}")).await?;
+                        } else {
+                            if let Reply::Err(text) = {
+                                pop.send(&format!("USER {username}")).await?;
+                                pop.reply().await?
+                            } {
+                                return Err(refused(text));
+                            }
+                            pop.send(&format!("PASS {}", password.expose_secret()))
+                                .await?;
+                        }
+                        match pop.reply().await? {
+                            Reply::Ok(_) => Ok(()),
+                            Reply::Err(text) => Err(refused(text)),
+                        }
+                    })
+                    .await?;
+                pop
+            }
+            Credentials::OAuth2 { username, tokens } => {
+                probe
+                    .stage(ConnectionStage::Login, async {
+                        let mechanism = Mechanism::choose(sasl.iter().copied())
+                            .ok_or_else(|| no_token_mechanism("POP3", &caps))?;
+                        oauth2::sign_in(tokens, pop, |mut pop, token| async move {
+                            let first =
+                                mechanism.initial_response(username, &token, &ep.host, ep.port);
+                            match pop.authenticate(mechanism, &first).await {
+                                Ok(None) => Ok(pop),
+                                Ok(Some(said)) => Err(Attempt::Refused { said, conn: pop }),
+                                Err(f) => Err(Attempt::Failed(f)),
+                            }
+                        })
+                        .await
+                    })
+                    .await?
+            }
+        };
         Ok(pop)
+    }
+
+    /// `AUTH` with a token (RFC 5034): None when signed in, else what the
+    /// server said when it refused.
+    async fn authenticate(
+        &mut self,
+        mechanism: Mechanism,
+        first: &SecretString,
+    ) -> Result<Option<String>, Failure> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        self.send(&format!(
+            "AUTH {} {}",
+            mechanism.name(),
+            b64.encode(first.expose_secret())
+        ))
+        .await?;
+        // At most one challenge: the error status, which the client acknowledges.
+        for _ in 0..2 {
+            let line = within(self.io, "waiting for the POP3 server", self.read_line()).await?;
+            if line.starts_with("+OK") {
+                return Ok(None);
+            } else if let Some(rest) = line.strip_prefix("-ERR") {
+                return Ok(Some(rest.trim().to_owned()));
+            } else if line == "+" || line.starts_with("+ ") {
+                self.send(&b64.encode(mechanism.error_ack())).await?;
+            } else {
+                break;
+            }
+        }
+        Err(protocol_error("AUTH", "unexpected answer to AUTH"))
     }
 
     /// Number of messages and total size.

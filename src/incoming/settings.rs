@@ -10,7 +10,7 @@ use crate::api::{
     AfterProcessing, IncomingEmailServerSpec, IncomingFilter, IncomingProtocol, Mode,
 };
 use crate::config::server::{credentials, proxy_settings, tls_options};
-use crate::config::{MailProtocol, SecretSource, ServerSettings, parse_size, resolve_endpoint};
+use crate::config::{AuthRef, MailProtocol, ServerSettings, Sources, parse_size, resolve_endpoint};
 use crate::connection::{Failure, Reason, Timeouts};
 use crate::filter::RateLimit;
 
@@ -54,15 +54,18 @@ fn config_error(message: String) -> Failure {
 }
 
 impl IncomingSettings {
-    /// Resolves a spec. `secrets` and `config_maps` answer lookups in the
-    /// resource's namespace.
+    /// Resolves the spec of resource `name` in `sources.namespace`.
     pub fn resolve(
-        namespace: &str,
         name: &str,
         spec: &IncomingEmailServerSpec,
-        secrets: &dyn SecretSource,
-        config_maps: &dyn SecretSource,
+        sources: Sources<'_>,
     ) -> Result<Self, Failure> {
+        let Sources {
+            namespace,
+            secrets,
+            config_maps,
+            ..
+        } = sources;
         let endpoint = resolve_endpoint(
             MailProtocol::from(spec.protocol),
             spec.provider,
@@ -71,13 +74,15 @@ impl IncomingSettings {
             spec.port,
         )
         .map_err(|e| config_error(e.to_string()))?;
-        let username = spec.auth.username.as_deref().unwrap_or(&spec.email);
         let credentials = credentials(
-            secrets,
+            sources,
             spec.provider,
-            spec.auth.type_,
-            username,
-            spec.auth.password_secret_ref.as_ref(),
+            AuthRef {
+                type_: spec.auth.type_,
+                username: spec.auth.username.as_deref().unwrap_or(&spec.email),
+                password: spec.auth.password_secret_ref.as_ref(),
+                oauth2: spec.auth.oauth2.as_ref(),
+            },
         )?;
         let tls = tls_options(spec.tls.as_ref(), secrets, config_maps)?;
         let pattern = spec

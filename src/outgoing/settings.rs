@@ -3,7 +3,7 @@
 
 use crate::api::OutgoingEmailServerSpec;
 use crate::config::server::{credentials, proxy_settings, tls_options};
-use crate::config::{Credentials, Endpoint, MailProtocol, SecretSource, resolve_endpoint};
+use crate::config::{AuthRef, Credentials, Endpoint, MailProtocol, Sources, resolve_endpoint};
 use crate::connection::{Failure, ProxySettings, Reason, Timeouts, TlsOptions};
 use crate::filter::Filter;
 
@@ -30,13 +30,9 @@ pub struct OutgoingSettings {
 }
 
 impl OutgoingSettings {
-    /// Resolves a spec; `secrets` and `config_maps` answer lookups in the
-    /// resource's namespace.
-    pub fn resolve(
-        spec: &OutgoingEmailServerSpec,
-        secrets: &dyn SecretSource,
-        config_maps: &dyn SecretSource,
-    ) -> Result<Self, Failure> {
+    /// Resolves a spec in `sources.namespace`.
+    pub fn resolve(spec: &OutgoingEmailServerSpec, sources: Sources<'_>) -> Result<Self, Failure> {
+        let (secrets, config_maps) = (sources.secrets, sources.config_maps);
         let endpoint = resolve_endpoint(
             MailProtocol::Smtp,
             spec.provider,
@@ -48,11 +44,14 @@ impl OutgoingSettings {
         let auth = &spec.authentication;
         let credentials = if auth.required {
             Some(credentials(
-                secrets,
+                sources,
                 spec.provider,
-                auth.type_,
-                auth.username.as_deref().unwrap_or(&spec.email),
-                auth.password_secret_ref.as_ref(),
+                AuthRef {
+                    type_: auth.type_,
+                    username: auth.username.as_deref().unwrap_or(&spec.email),
+                    password: auth.password_secret_ref.as_ref(),
+                    oauth2: auth.oauth2.as_ref(),
+                },
             )?)
         } else {
             None

@@ -10,12 +10,13 @@ use tokio::task::JoinHandle;
 
 use super::{Shared, username};
 use crate::api::{EffectiveSettings, IncomingEmailServerSpec, IncomingEmailServerStatus, Mode};
-use crate::config::SecretSource;
+use crate::config::{Credentials, SecretSource, Sources};
 use crate::connection::{Failure, Reason};
 use crate::incoming::IncomingSettings;
 use crate::incoming::worker::{
     Scanning, Worker, WorkerEvent, WorkerHandle, WorkerOptions, WorkerStats,
 };
+use crate::oauth2::Tokens;
 use crate::outgoing::Outbox;
 use crate::outgoing::ack::Acknowledger;
 use crate::sinks::Sink;
@@ -29,6 +30,8 @@ pub struct IncomingInputs<'a> {
     pub spec: &'a IncomingEmailServerSpec,
     pub secrets: &'a dyn SecretSource,
     pub config_maps: &'a dyn SecretSource,
+    /// OAuth2 grants in use in this process.
+    pub tokens: &'a Tokens,
     /// From addresses of the namespace's OutgoingEmailServers.
     pub own_addresses: Vec<String>,
     pub outbox: Arc<Outbox>,
@@ -48,6 +51,8 @@ pub struct IncomingRuntime {
     stats: Option<Arc<WorkerStats>>,
     follower: Option<JoinHandle<()>>,
     effective: Option<EffectiveSettings>,
+    /// For the OAuth2 part of status.
+    credentials: Option<Credentials>,
     dry_run: bool,
 }
 
@@ -63,9 +68,16 @@ impl IncomingRuntime {
             stats: None,
             follower: None,
             effective: None,
+            credentials: None,
             dry_run: i.spec.mode == Mode::DryRun,
         };
-        let resolved = IncomingSettings::resolve(i.namespace, i.name, i.spec, i.secrets, i.config_maps)
+        let sources = Sources {
+            namespace: i.namespace,
+            secrets: i.secrets,
+            config_maps: i.config_maps,
+            tokens: i.tokens,
+        };
+        let resolved = IncomingSettings::resolve(i.name, i.spec, sources)
             .and_then(|settings| {
                 let sink = match (i.spec.ticket.sink.as_ref(), i.default_sink) {
                     (None, None) => Err(Failure::new(
@@ -85,6 +97,7 @@ impl IncomingRuntime {
             }
         };
         settings.own_addresses = i.own_addresses;
+        runtime.credentials = Some(settings.server.credentials.clone());
         runtime.effective = Some(EffectiveSettings {
             server: settings.server.endpoint.host.clone(),
             port: i32::from(settings.server.endpoint.port),
@@ -115,6 +128,11 @@ impl IncomingRuntime {
         runtime.follower = Some(follow(resource.clone(), runtime.shared.clone(), rx));
         tracing::info!(resource = %resource, "worker started");
         runtime
+    }
+
+    /// The OAuth2 grant's token times, when the server signs in with OAuth2.
+    pub fn oauth2(&self) -> Option<crate::oauth2::TokenInfo> {
+        Some(self.credentials.as_ref()?.oauth2()?.info())
     }
 
     /// The worker's counters, once it was started.
@@ -259,6 +277,7 @@ impl super::Runtime for IncomingRuntime {
             connection: live.report.as_ref().map(status::connection_status),
             next_retry_at: live.next_retry_at.map(Time),
             stats: stats.map(status::incoming_stats),
+            oauth2: status::oauth2_status(self.credentials.as_ref()),
             dry_run: stats.filter(|_| self.dry_run).map(status::dry_run_report),
             recent_rejections: stats
                 .map(|s| {

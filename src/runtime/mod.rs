@@ -175,7 +175,7 @@ pub fn collect_strings(v: &serde_json::Value, out: &mut BTreeSet<String>) {
 }
 
 fn username(credentials: Option<&Credentials>) -> Option<String> {
-    credentials.map(|Credentials::Basic { username, .. }| username.clone())
+    credentials.map(|c| c.username().to_owned())
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@ use tokio::task::JoinHandle;
 
 use super::{OnChange, Shared, username};
 use crate::api::{EffectiveSettings, OutgoingEmailServerSpec, OutgoingEmailServerStatus};
-use crate::config::SecretSource;
+use crate::config::{Credentials, SecretSource, Sources};
 use crate::connection::Reason;
+use crate::oauth2::Tokens;
 use crate::outgoing::{DEFAULT_POOL_SIZE, Outbox, OutgoingServer, OutgoingSettings, SendStats};
 use crate::status::{self, Health};
 
@@ -19,6 +20,8 @@ pub struct OutgoingRuntime {
     pub stats: Arc<SendStats>,
     test: Option<JoinHandle<()>>,
     effective: Option<EffectiveSettings>,
+    /// For the OAuth2 part of status.
+    credentials: Option<Credentials>,
 }
 
 impl OutgoingRuntime {
@@ -31,6 +34,7 @@ impl OutgoingRuntime {
         spec: &OutgoingEmailServerSpec,
         secrets: &dyn SecretSource,
         config_maps: &dyn SecretSource,
+        tokens: &Tokens,
         outbox: &Outbox,
         stats: Arc<SendStats>,
         on_change: Option<OnChange>,
@@ -42,8 +46,15 @@ impl OutgoingRuntime {
             stats,
             test: None,
             effective: None,
+            credentials: None,
         };
-        let settings = match OutgoingSettings::resolve(spec, secrets, config_maps) {
+        let sources = Sources {
+            namespace,
+            secrets,
+            config_maps,
+            tokens,
+        };
+        let settings = match OutgoingSettings::resolve(spec, sources) {
             Ok(s) => s,
             Err(f) => {
                 tracing::warn!(resource = %resource, reason = %f.reason, "{}", f.message);
@@ -60,6 +71,7 @@ impl OutgoingRuntime {
             scanning: None,
             after_processing: None,
         });
+        runtime.credentials = settings.credentials.clone();
         let enabled = settings.enabled;
         outbox.insert(OutgoingServer::new(
             namespace,
@@ -87,6 +99,11 @@ impl OutgoingRuntime {
             });
         }));
         runtime
+    }
+
+    /// The OAuth2 grant's token times, when the server signs in with OAuth2.
+    pub fn oauth2(&self) -> Option<crate::oauth2::TokenInfo> {
+        Some(self.credentials.as_ref()?.oauth2()?.info())
     }
 
     /// Stops a connection test still running.
@@ -130,6 +147,7 @@ impl super::Runtime for OutgoingRuntime {
             connection: live.report.as_ref().map(status::connection_status),
             next_retry_at: None,
             stats: Some(status::outgoing_stats(&self.stats)),
+            oauth2: status::oauth2_status(self.credentials.as_ref()),
             recent_rejections: status::recent_rejections(
                 &self
                     .stats

@@ -5,13 +5,17 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::manifests::{Key, Snapshot, load_files};
 use super::supervisor::{INCOMING_KIND, OUTGOING_KIND};
+use super::writeback::SecretFiles;
 use crate::api::validation::ManifestValidator;
+use crate::config::Sources;
 use crate::connection::{ConnectionReport, Failure, Reason};
 use crate::incoming::IncomingSettings;
+use crate::oauth2::Tokens;
 use crate::outgoing::OutgoingSettings;
 
 /// One server's result.
@@ -31,15 +35,17 @@ impl Checked {
 /// Tests every server of the files (Secrets may come from other files).
 pub async fn check(files: &[PathBuf], validator: &ManifestValidator) -> (Snapshot, Vec<Checked>) {
     let snapshot = load_files(files, validator);
+    // A provider may rotate the refresh token even for a test sign-in.
+    let tokens = Tokens::new(Some(Arc::new(SecretFiles::Files(files.to_vec()))));
     let mut results = Vec::new();
     for (key, loaded) in &snapshot.incoming {
-        let outcome = match IncomingSettings::resolve(
-            &key.0,
-            &key.1,
-            &loaded.object.spec,
-            &snapshot.secrets_in(&key.0),
-            &snapshot.config_maps_in(&key.0),
-        ) {
+        let sources = Sources {
+            namespace: &key.0,
+            secrets: &snapshot.secrets_in(&key.0),
+            config_maps: &snapshot.config_maps_in(&key.0),
+            tokens: &tokens,
+        };
+        let outcome = match IncomingSettings::resolve(&key.1, &loaded.object.spec, sources) {
             Ok(settings) => Ok(crate::incoming::test_connection(&settings).await),
             Err(f) => Err(f),
         };
@@ -50,11 +56,13 @@ pub async fn check(files: &[PathBuf], validator: &ManifestValidator) -> (Snapsho
         });
     }
     for (key, loaded) in &snapshot.outgoing {
-        let outcome = match OutgoingSettings::resolve(
-            &loaded.object.spec,
-            &snapshot.secrets_in(&key.0),
-            &snapshot.config_maps_in(&key.0),
-        ) {
+        let sources = Sources {
+            namespace: &key.0,
+            secrets: &snapshot.secrets_in(&key.0),
+            config_maps: &snapshot.config_maps_in(&key.0),
+            tokens: &tokens,
+        };
+        let outcome = match OutgoingSettings::resolve(&loaded.object.spec, sources) {
             Ok(settings) => Ok(crate::outgoing::smtp::test_connection(&settings).await),
             Err(f) => Err(f),
         };

@@ -190,6 +190,16 @@ fn load_file(file: &Path, validator: &ManifestValidator, out: &mut Snapshot) {
     }
 }
 
+/// The Secrets a manifest file's text defines; documents that do not parse are
+/// skipped (the loader reports them).
+pub(crate) fn secrets_in_text(text: &str) -> Vec<(Key, Data)> {
+    serde_yaml::Deserializer::from_str(text)
+        .map_while(|doc| Value::deserialize(doc).ok())
+        .filter(|v| v["apiVersion"] == "v1" && v["kind"] == "Secret")
+        .filter_map(|v| data_object(&v, true).ok())
+        .collect()
+}
+
 type FieldErrors = Vec<(String, String)>;
 
 fn resource(

@@ -8,5 +8,6 @@ pub mod manifests;
 pub mod run;
 pub mod supervisor;
 pub mod table;
+pub mod writeback;
 
 pub use run::{RunError, RunOptions, run};

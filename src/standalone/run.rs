@@ -141,7 +141,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             message: e.to_string(),
         })?;
 
-    let mut supervisor = Supervisor::new(paths.clone(), outbox, WorkerOptions::default());
+    let mut supervisor = Supervisor::new(paths.clone(), &dir, outbox, WorkerOptions::default());
     reload(&dir, &validator, &paths, &mut supervisor).await?;
     tracing::info!(manifests = %dir.display(), "running; watching the folder for changes");
 

@@ -13,7 +13,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde::Serialize;
 
 use super::manifests::{Key, Loaded, Snapshot};
+use super::writeback::SecretFiles;
 use crate::incoming::worker::WorkerOptions;
+use crate::oauth2::Tokens;
 use crate::outgoing::Outbox;
 use crate::runtime::{IncomingInputs, IncomingRuntime, OutgoingRuntime, Runtime, config_hash};
 use crate::state::FileCursorStore;
@@ -80,6 +82,8 @@ pub struct Supervisor {
     incoming: BTreeMap<Key, Entry<IncomingRuntime>>,
     outgoing: BTreeMap<Key, Entry<OutgoingRuntime>>,
     options: WorkerOptions,
+    /// OAuth2 grants; rotated refresh tokens go back into the manifests.
+    tokens: Tokens,
 }
 
 fn hash_of(
@@ -87,12 +91,16 @@ fn hash_of(
     key: &Key,
     spec: &impl Serialize,
     snapshot: &Snapshot,
+    tokens: &Tokens,
     extra: &[String],
 ) -> [u8; 32] {
     config_hash(
         kind,
         &serde_json::to_value(spec).unwrap_or_default(),
-        snapshot.secrets.get(&key.0).unwrap_or(&BTreeMap::new()),
+        &tokens.stable_view(
+            &key.0,
+            snapshot.secrets.get(&key.0).unwrap_or(&BTreeMap::new()),
+        ),
         snapshot.config_maps.get(&key.0).unwrap_or(&BTreeMap::new()),
         extra,
     )
@@ -138,13 +146,20 @@ fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 impl Supervisor {
-    pub fn new(paths: Paths, outbox: Arc<Outbox>, options: WorkerOptions) -> Self {
+    /// `manifests` is the folder the Secrets come from.
+    pub fn new(
+        paths: Paths,
+        manifests: &Path,
+        outbox: Arc<Outbox>,
+        options: WorkerOptions,
+    ) -> Self {
         Self {
             paths,
             outbox,
             incoming: BTreeMap::new(),
             outgoing: BTreeMap::new(),
             options,
+            tokens: Tokens::new(Some(Arc::new(SecretFiles::Folder(manifests.to_owned())))),
         }
     }
 
@@ -173,7 +188,7 @@ impl Supervisor {
         }
         for (key, loaded) in &snapshot.outgoing {
             let spec = &loaded.object.spec;
-            let hash = hash_of(OUTGOING_KIND, key, spec, snapshot, &[]);
+            let hash = hash_of(OUTGOING_KIND, key, spec, snapshot, &self.tokens, &[]);
             if self.outgoing.get(key).is_some_and(|e| e.hash == hash) {
                 continue;
             }
@@ -189,10 +204,14 @@ impl Supervisor {
                 spec,
                 &snapshot.secrets_in(&key.0),
                 &snapshot.config_maps_in(&key.0),
+                &self.tokens,
                 &self.outbox,
                 stats,
                 None,
             );
+            // Taken again now that the runtime's OAuth2 grants are known, so
+            // that their own refresh-token write-backs leave it unchanged.
+            let hash = hash_of(OUTGOING_KIND, key, spec, snapshot, &self.tokens, &[]);
             self.outgoing
                 .insert(key.clone(), Entry::new(runtime, hash, loaded, conditions));
         }
@@ -220,7 +239,7 @@ impl Supervisor {
                 .filter(|((ns, _), _)| *ns == key.0)
                 .map(|(_, o)| o.object.spec.email.clone())
                 .collect();
-            let hash = hash_of(INCOMING_KIND, key, spec, snapshot, &own);
+            let hash = hash_of(INCOMING_KIND, key, spec, snapshot, &self.tokens, &own);
             if self.incoming.get(key).is_some_and(|e| e.hash == hash) {
                 continue;
             }
@@ -237,13 +256,16 @@ impl Supervisor {
                 spec,
                 secrets: &snapshot.secrets_in(&key.0),
                 config_maps: &snapshot.config_maps_in(&key.0),
-                own_addresses: own,
+                tokens: &self.tokens,
+                own_addresses: own.clone(),
                 outbox: self.outbox.clone(),
                 default_sink: Some(&self.paths.tickets),
                 store: Arc::new(FileCursorStore::new(&self.paths.state)),
                 options: self.options.clone(),
                 on_change: None,
             });
+            // As for outgoing: the digest as the started grants see it.
+            let hash = hash_of(INCOMING_KIND, key, spec, snapshot, &self.tokens, &own);
             self.incoming
                 .insert(key.clone(), Entry::new(runtime, hash, loaded, conditions));
         }

@@ -13,6 +13,7 @@
 //! folder) when that pipe closes, whether by drop, exit, panic or kill -9.
 
 mod client;
+pub mod oauth;
 pub mod proxy;
 mod tls;
 
@@ -163,6 +164,7 @@ pub struct Stack {
     children: Mutex<Vec<Child>>,
     mail_owner: (u32, u32),
     next_user: AtomicU32,
+    oauth: oauth::OAuthProvider,
 }
 
 impl std::fmt::Debug for Stack {
@@ -301,6 +303,7 @@ impl Stack {
             children: Mutex::new(Vec::new()),
             mail_owner: (0, 0),
             next_user: AtomicU32::new(1),
+            oauth: oauth::OAuthProvider::start()?,
         };
         stack.configure()?;
         stack.spawn_servers()?;
@@ -351,10 +354,15 @@ impl Stack {
             ("POP3S", p.pop3s.to_string()),
             ("SUBMISSION", p.submission.to_string()),
             ("SMTPS", p.smtps.to_string()),
+            ("INTROSPECTION_URL", self.oauth.introspection_url()),
         ];
         fs::write(
             d.join("dovecot.conf"),
             render(include_str!("../templates/dovecot.conf"), &vars),
+        )?;
+        fs::write(
+            d.join("dovecot-oauth2.conf.ext"),
+            render(include_str!("../templates/dovecot-oauth2.conf.ext"), &vars),
         )?;
         let etc = d.join("postfix/etc");
         fs::write(
@@ -545,6 +553,11 @@ impl Stack {
     }
 
     /// The private CA (PEM) that signed the servers' certificate.
+    /// The OAuth2 provider that Dovecot checks bearer tokens with.
+    pub fn oauth(&self) -> &oauth::OAuthProvider {
+        &self.oauth
+    }
+
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
     }

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use testbed::{LineClient, Stack, User};
+use testbed::{LineClient, SINK as SINK_USER, Stack, User};
 
 fn b64(s: &str) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -315,4 +315,97 @@ fn seeded_maildir_messages_are_served() {
     stack.seed(&user.address, &messages).unwrap();
     assert_eq!(stack.messages(&user.address, "INBOX").unwrap().len(), 20);
     assert_eq!(imaps_subjects(stack, &user).len(), 20);
+}
+
+#[test]
+fn bearer_tokens_sign_in_to_imap_pop3_and_smtp_and_revoked_ones_do_not() {
+    let stack = Stack::shared();
+    let user = stack.create_user("oauth").unwrap();
+    let oauth = stack.oauth();
+    let (client, _) = oauth.register_client(Default::default());
+    let token = oauth.access_token(&client, &user.address);
+    let xoauth2 = b64(&format!(
+        "user={}\x01auth=Bearer {token}\x01\x01",
+        user.address
+    ));
+    let bearer = b64(&format!(
+        "n,a={},\x01host=127.0.0.1\x01port=993\x01auth=Bearer {token}\x01\x01",
+        user.address
+    ));
+
+    let mut imap = LineClient::tls(stack.imaps(), stack.ca_pem()).unwrap();
+    imap.line().unwrap();
+    let caps = imap.imap("a", "CAPABILITY").unwrap();
+    assert!(
+        caps[0].contains("AUTH=XOAUTH2") && caps[0].contains("AUTH=OAUTHBEARER"),
+        "{caps:?}"
+    );
+    let r = imap
+        .imap("b", &format!("AUTHENTICATE XOAUTH2 {xoauth2}"))
+        .unwrap();
+    assert!(r.last().unwrap().starts_with("b OK"), "{r:?}");
+    let mut imap = LineClient::tls(stack.imaps(), stack.ca_pem()).unwrap();
+    imap.line().unwrap();
+    let r = imap
+        .imap("a", &format!("AUTHENTICATE OAUTHBEARER {bearer}"))
+        .unwrap();
+    assert!(r.last().unwrap().starts_with("a OK"), "{r:?}");
+
+    let mut pop = LineClient::tls(stack.pop3s(), stack.ca_pem()).unwrap();
+    pop.line().unwrap();
+    pop.send(&format!("AUTH XOAUTH2 {xoauth2}")).unwrap();
+    let r = pop.line().unwrap();
+    assert!(r.starts_with("+OK"), "{r}");
+
+    let mut smtp = LineClient::tls(stack.smtps(), stack.ca_pem()).unwrap();
+    smtp.smtp_reply().unwrap();
+    let ehlo = smtp.smtp("EHLO client.test").unwrap();
+    assert!(ehlo.iter().any(|l| l.contains("XOAUTH2")), "{ehlo:?}");
+    let r = smtp.smtp(&format!("AUTH XOAUTH2 {xoauth2}")).unwrap();
+    assert!(r[0].starts_with("235"), "{r:?}");
+
+    // Another user's token, and a revoked one, are refused.
+    let other = oauth.access_token(&client, SINK_USER);
+    let mut imap = LineClient::tls(stack.imaps(), stack.ca_pem()).unwrap();
+    imap.line().unwrap();
+    let stolen = b64(&format!(
+        "user={}\x01auth=Bearer {other}\x01\x01",
+        user.address
+    ));
+    imap.send(&format!("a AUTHENTICATE XOAUTH2 {stolen}"))
+        .unwrap();
+    let challenge = imap.line().unwrap();
+    assert!(challenge.starts_with("+ "), "{challenge}");
+    imap.send("").unwrap();
+    let r = imap.line().unwrap();
+    assert!(r.starts_with("a NO"), "{r}");
+    oauth.revoke(&client);
+    imap.send(&format!("b AUTHENTICATE OAUTHBEARER {bearer}"))
+        .unwrap();
+    let challenge = imap.line().unwrap();
+    assert!(challenge.starts_with("+ "), "{challenge}");
+    // RFC 7628: the client answers the error challenge with a lone ^A.
+    imap.send(&b64("\x01")).unwrap();
+    let r = imap.line().unwrap();
+    assert!(r.starts_with("b NO"), "{r}");
+}
+
+#[test]
+fn smtps_hides_oauthbearer_and_submission_offers_both() {
+    let stack = Stack::shared();
+    let mut smtps = LineClient::tls(stack.smtps(), stack.ca_pem()).unwrap();
+    smtps.smtp_reply().unwrap();
+    let ehlo = smtps.smtp("EHLO client.test").unwrap();
+    let auth = ehlo.iter().find(|l| l.contains("AUTH ")).unwrap();
+    assert!(
+        auth.contains("XOAUTH2") && !auth.contains("OAUTHBEARER"),
+        "{auth}"
+    );
+    let mut sub = starttls_submission(stack);
+    let ehlo = sub.smtp("EHLO client.test").unwrap();
+    let auth = ehlo.iter().find(|l| l.contains("AUTH ")).unwrap();
+    assert!(
+        auth.contains("XOAUTH2") && auth.contains("OAUTHBEARER"),
+        "{auth}"
+    );
 }

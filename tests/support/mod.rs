@@ -5,14 +5,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use mailroom::api::{
     AuthSpec, IncomingEmailServerSpec, IncomingProtocol, Provider, SecretKeyRef, SecurityType,
     TlsSpec,
 };
-use mailroom::config::{SecretError, SecretSource};
+use mailroom::config::{SecretError, SecretSource, Sources};
 use mailroom::incoming::IncomingSettings;
+use mailroom::oauth2::Tokens;
 use testbed::{Stack, User};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -89,7 +90,20 @@ pub fn incoming_spec(
 }
 
 pub fn resolve(spec: &IncomingEmailServerSpec, secrets: &Secrets) -> IncomingSettings {
-    IncomingSettings::resolve("helpdesk", "support", spec, secrets, &Secrets::default()).unwrap()
+    IncomingSettings::resolve("support", spec, sources("helpdesk", secrets)).unwrap()
+}
+
+/// Lookups in `namespace` for `secrets`, with no ConfigMaps and a registry of
+/// OAuth2 grants of its own (it lives for the whole test binary).
+pub fn sources<'a>(namespace: &'a str, secrets: &'a Secrets) -> Sources<'a> {
+    static NO_CONFIG_MAPS: LazyLock<Secrets> = LazyLock::new(Secrets::default);
+    static TOKENS: LazyLock<Tokens> = LazyLock::new(Tokens::default);
+    Sources {
+        namespace,
+        secrets,
+        config_maps: &*NO_CONFIG_MAPS,
+        tokens: &TOKENS,
+    }
 }
 
 pub fn with_provider(
