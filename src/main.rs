@@ -370,6 +370,10 @@ fn oauth2(command: OAuth2Command) -> Result<(), String> {
         },
         login_hint,
         listen,
+        redirect_host: match provider {
+            OAuthProvider::Microsoft => "localhost",
+            OAuthProvider::Google | OAuthProvider::Other => "127.0.0.1",
+        },
         timeout: Duration::from_secs(timeout),
     };
     let refresh_token = runtime()?

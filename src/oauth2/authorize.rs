@@ -1,7 +1,8 @@
 //! Obtaining the first refresh token: the OAuth2 authorization-code flow for
 //! native apps (RFC 8252) with PKCE (RFC 7636). The admin opens the consent
 //! URL in a browser on the same machine; the provider sends the browser back to
-//! a listener on 127.0.0.1, and the code it brings is exchanged for tokens.
+//! a listener on the loopback address, and the code it brings is exchanged for
+//! tokens.
 //! This flow rather than the device-code one because Google's device flow does
 //! not grant the mail scope.
 
@@ -34,7 +35,7 @@ pub enum AuthorizeError {
     #[error("the token endpoint could not be reached: {0}")]
     Unreachable(String),
     #[error(
-        "the token endpoint refused the code ({0}); check the client id and secret and that the redirect URI http://127.0.0.1 is allowed for this client"
+        "the token endpoint refused the code ({0}); check the client id and secret and that loopback redirect URIs are allowed for this client"
     )]
     Exchange(String),
     #[error("the provider returned no refresh token; {0}")]
@@ -53,6 +54,9 @@ pub struct Request {
     pub login_hint: Option<String>,
     /// Where to listen for the redirect (port 0: any free one).
     pub listen: SocketAddr,
+    /// Host name of the redirect URI: Google documents `127.0.0.1`, Microsoft
+    /// registers `localhost`; both reach the listener.
+    pub redirect_host: &'static str,
     pub timeout: Duration,
 }
 
@@ -99,7 +103,7 @@ pub async fn authorize(
             message: e.to_string(),
         })?
         .port();
-    let redirect_uri = format!("http://127.0.0.1:{port}/");
+    let redirect_uri = format!("http://{}:{port}/", req.redirect_host);
     let verifier = random(64);
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     let state = random(32);
