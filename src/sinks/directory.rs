@@ -3,6 +3,7 @@
 //! whole batch durable before any file takes its final name, so a crash leaves
 //! either the complete ticket or none.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -51,15 +52,14 @@ impl DirectorySink {
 
     fn deliver_blocking(&self, tickets: &[Ticket]) -> Result<Vec<Delivery>, SinkError> {
         let mut pending = Vec::new();
+        // Keys of this batch so far, by value: comparing paths is slow, and a
+        // batch has hundreds of tickets.
+        let mut keys = HashSet::with_capacity(tickets.len());
         let mut deliveries = Vec::with_capacity(tickets.len());
         for ticket in tickets {
             let target = self.path_of(&ticket.idempotency_key);
             // Re-delivery of a key is a no-op: the first ticket stands.
-            if target.exists()
-                || pending
-                    .iter()
-                    .any(|(_, t): &(PathBuf, PathBuf)| *t == target)
-            {
+            if target.exists() || !keys.insert(ticket.idempotency_key.as_str()) {
                 deliveries.push(Delivery::Duplicate);
                 continue;
             }
