@@ -88,3 +88,50 @@ impl DirectorySink {
         Ok(deliveries)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::incoming::settings::TicketSettings;
+
+    fn ticket(message_id: &str, subject: &str) -> Ticket {
+        let settings = TicketSettings {
+            mailbox: "helpdesk/support".into(),
+            technician_group: None,
+            category: None,
+            reference: regex::Regex::new(r"\[#(\d+)\]").unwrap(),
+        };
+        let raw = format!(
+            "From: a@example.org\r\nSubject: {subject}\r\nMessage-ID: <{message_id}>\r\n\r\nbody\r\n"
+        );
+        crate::ticket::map(raw.as_bytes(), &settings, jiff::Timestamp::now()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_key_is_written_once_within_a_batch_and_across_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = DirectorySink::open(dir.path()).unwrap();
+        let first = ticket("one@example.org", "first");
+        let batch = [
+            first.clone(),
+            ticket("one@example.org", "second copy"),
+            ticket("two@example.org", "other"),
+        ];
+        let got = sink.deliver(&batch).await.unwrap();
+        assert_eq!(
+            got,
+            [Delivery::Accepted, Delivery::Duplicate, Delivery::Accepted]
+        );
+        let again = sink
+            .deliver(&[ticket("one@example.org", "third copy")])
+            .await
+            .unwrap();
+        assert_eq!(again, [Delivery::Duplicate]);
+        let stored: Ticket =
+            serde_json::from_slice(&fs::read(sink.path_of(&first.idempotency_key)).unwrap())
+                .unwrap();
+        assert_eq!(stored.subject, first.subject, "the first ticket stands");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 2, "no temporary files left");
+    }
+}
