@@ -21,6 +21,8 @@ const MARGIN: Duration = Duration::from_secs(300);
 /// `expires_in` optional; Google and Microsoft use an hour).
 const DEFAULT_LIFETIME: u64 = 3600;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Refresh tokens a grant remembers having held (the current one included).
+const KNOWN_TOKENS: usize = 16;
 
 /// What a Secret says about one OAuth2 sign-in.
 #[derive(Clone, Debug)]
@@ -253,13 +255,20 @@ impl TokenSession {
             .map_err(|e| unreachable_endpoint(url, &e))?;
         let status = response.status();
         let body: serde_json::Value = response.json().await.unwrap_or_default();
+        // The Secret may have brought another grant while we asked: what the
+        // provider said about the old one then changes nothing.
+        let used = fingerprint(grant.refresh_token.expose_secret());
+        let current =
+            |inner: &Inner| fingerprint(inner.grant.refresh_token.expose_secret()) == used;
         if !status.is_success() {
             let failure = refusal(&grant, status.as_u16(), &body);
-            if failure.reason.is_permanent() {
+            {
                 let mut inner = self.lock();
-                inner.refused = Some(failure.clone());
-                inner.access = None;
-                inner.info.expires_at = None;
+                if failure.reason.is_permanent() && current(&inner) {
+                    inner.refused = Some(failure.clone());
+                    inner.access = None;
+                    inner.info.expires_at = None;
+                }
             }
             tracing::warn!(namespace = %self.namespace, secret = %grant.secret, reason = %failure.reason, "{}", failure.message);
             return Err(failure);
@@ -284,6 +293,15 @@ impl TokenSession {
         let now = Timestamp::now();
         let access = {
             let mut inner = self.lock();
+            if !current(&inner) {
+                return Ok(AccessToken {
+                    token: SecretString::from(token.to_owned()),
+                    expires_at: now,
+                    issued_at: now,
+                    serial: 0,
+                    fresh: true,
+                });
+            }
             inner.serial += 1;
             let access = AccessToken {
                 token: SecretString::from(token.to_owned()),
@@ -299,6 +317,10 @@ impl TokenSession {
             inner.info.last_refresh = Some(now);
             if let Some(new) = &rotated {
                 inner.known.push(fingerprint(new.expose_secret()));
+                // A stale read lags by seconds, not by many rotations: a few
+                // recent tokens are enough to recognise.
+                let excess = inner.known.len().saturating_sub(KNOWN_TOKENS);
+                inner.known.drain(..excess);
                 inner.grant.refresh_token = new.clone();
                 inner.info.last_rotation = Some(now);
             }
