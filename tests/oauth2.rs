@@ -624,3 +624,52 @@ fn http_get(url: &str) -> (u16, String) {
         .to_owned();
     (status, location)
 }
+
+#[tokio::test]
+async fn servers_without_oauthbearer_get_xoauth2() {
+    // A stack of its own whose Dovecot, like Microsoft 365, offers XOAUTH2 only.
+    let stack = Stack::start(testbed::Options {
+        xoauth2_only: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let user = stack.create_user("xoauth2").unwrap();
+    let oauth = stack.oauth();
+    let client = oauth.register_client(ClientOptions::default());
+    let secrets = grant_secrets(&stack, &client, &oauth.grant(&client.0, &user.address));
+    let tokens = Tokens::default();
+    for protocol in [IncomingProtocol::Imap, IncomingProtocol::Pop3] {
+        let settings = incoming(&stack, &user, protocol, &secrets, &tokens);
+        let report = mailroom::incoming::test_connection(&settings).await;
+        assert_eq!(report.reason, Reason::Connected, "{protocol:?}: {report:?}");
+        assert!(
+            !report
+                .capabilities
+                .iter()
+                .any(|c| c.contains("OAUTHBEARER")),
+            "{:?}",
+            report.capabilities
+        );
+    }
+    let settings = outgoing(
+        &stack,
+        &user,
+        stack.ports().submission,
+        "TLS",
+        &secrets,
+        &tokens,
+    );
+    let report = smtp::test_connection(&settings).await;
+    assert_eq!(report.reason, Reason::Connected, "{report:?}");
+    let dovecot = log(&stack, "dovecot.log");
+    for protocol in ["imap", "pop3"] {
+        assert!(
+            dovecot.lines().any(|l| l.contains(&format!(
+                "{protocol}-login: Info: Login: user=<{}>",
+                user.address
+            )) && l.contains("method=XOAUTH2")),
+            "no XOAUTH2 {protocol} login in:\n{dovecot}"
+        );
+    }
+    assert_eq!(oauth.stats(&client.0).accepted, 3);
+}

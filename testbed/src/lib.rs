@@ -132,6 +132,9 @@ pub struct Options {
     /// Folder to run in, emptied first and kept afterwards; a fresh temporary
     /// folder (removed afterwards) when absent.
     pub dir: Option<PathBuf>,
+    /// Offer XOAUTH2 only, not OAUTHBEARER, as Microsoft 365 does: clients
+    /// that prefer OAUTHBEARER must fall back to XOAUTH2.
+    pub xoauth2_only: bool,
 }
 
 /// A mailbox user.
@@ -165,6 +168,7 @@ pub struct Stack {
     mail_owner: (u32, u32),
     next_user: AtomicU32,
     oauth: oauth::OAuthProvider,
+    xoauth2_only: bool,
 }
 
 impl std::fmt::Debug for Stack {
@@ -304,6 +308,7 @@ impl Stack {
             mail_owner: (0, 0),
             next_user: AtomicU32::new(1),
             oauth: oauth::OAuthProvider::start()?,
+            xoauth2_only: options.xoauth2_only,
         };
         stack.configure()?;
         stack.spawn_servers()?;
@@ -355,6 +360,15 @@ impl Stack {
             ("SUBMISSION", p.submission.to_string()),
             ("SMTPS", p.smtps.to_string()),
             ("INTROSPECTION_URL", self.oauth.introspection_url()),
+            (
+                "TOKEN_MECHANISMS",
+                if self.xoauth2_only {
+                    "xoauth2"
+                } else {
+                    "xoauth2 oauthbearer"
+                }
+                .to_owned(),
+            ),
         ];
         fs::write(
             d.join("dovecot.conf"),

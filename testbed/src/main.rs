@@ -62,6 +62,7 @@ fn run() -> Result<(), String> {
     let stack = Stack::start(Options {
         ports: base.map(Ports::from_base),
         dir: Some(dir),
+        ..Options::default()
     })
     .map_err(|e| e.to_string())?;
     for (address, password) in &users {
