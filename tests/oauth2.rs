@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use mailroom::api::{
     IncomingEmailServerSpec, IncomingProtocol, OutgoingEmailServerSpec, SecurityType,
 };
-use mailroom::config::{Credentials, Sources};
+use mailroom::config::Sources;
 use mailroom::connection::Reason;
 use mailroom::incoming::IncomingSettings;
 use mailroom::incoming::worker::{Worker, WorkerEvent, WorkerOptions};
@@ -105,10 +105,11 @@ fn outgoing(
 }
 
 fn token_info(settings: &IncomingSettings) -> mailroom::oauth2::TokenInfo {
-    match &settings.server.credentials {
-        Credentials::OAuth2 { tokens, .. } => tokens.info(),
-        Credentials::Basic { .. } => panic!("not OAuth2"),
-    }
+    settings
+        .server
+        .credentials
+        .token_info()
+        .expect("OAuth2 credentials")
 }
 
 fn log(stack: &Stack, file: &str) -> String {
@@ -387,6 +388,40 @@ fn server_manifest(stack: &Stack, user: &User) -> String {
     )
 }
 
+/// A manifests folder with the server (`server.yaml`) and its OAuth2 Secret
+/// (`secret.yaml`, as given).
+struct Folder {
+    dir: tempfile::TempDir,
+    server: std::path::PathBuf,
+    secret: std::path::PathBuf,
+}
+
+fn folder(stack: &Stack, user: &User, secret_yaml: &str) -> Folder {
+    let dir = tempfile::tempdir().unwrap();
+    let server = dir.path().join("server.yaml");
+    let secret = dir.path().join("secret.yaml");
+    std::fs::write(&server, server_manifest(stack, user)).unwrap();
+    std::fs::write(&secret, secret_yaml).unwrap();
+    Folder {
+        dir,
+        server,
+        secret,
+    }
+}
+
+/// A user whose grant belongs to a client whose refresh tokens rotate: the
+/// user, the client and the first refresh token.
+fn rotating_grant(stack: &Stack, hint: &str) -> (User, (String, String), String) {
+    let user = stack.create_user(hint).unwrap();
+    let oauth = stack.oauth();
+    let client = oauth.register_client(ClientOptions {
+        rotate: true,
+        ..ClientOptions::default()
+    });
+    let first = oauth.grant(&client.0, &user.address);
+    (user, client, first)
+}
+
 fn refresh_token_in(file: &Path) -> String {
     let text = std::fs::read_to_string(file).unwrap();
     let line = text.lines().find(|l| l.contains("refresh_token:")).unwrap();
@@ -396,18 +431,9 @@ fn refresh_token_in(file: &Path) -> String {
 #[test]
 fn a_rotated_refresh_token_is_written_back_into_the_secret_file() {
     let stack = Stack::shared();
-    let user = stack.create_user("oauth-rotate").unwrap();
     let oauth = stack.oauth();
-    let client = oauth.register_client(ClientOptions {
-        rotate: true,
-        ..ClientOptions::default()
-    });
-    let first = oauth.grant(&client.0, &user.address);
-    let dir = tempfile::tempdir().unwrap();
-    let server = dir.path().join("server.yaml");
-    let secret = dir.path().join("secret.yaml");
-    std::fs::write(&server, server_manifest(stack, &user)).unwrap();
-    std::fs::write(&secret, secret_manifest(&client, &first)).unwrap();
+    let (user, client, first) = rotating_grant(stack, "oauth-rotate");
+    let Folder { server, secret, .. } = &folder(stack, &user, &secret_manifest(&client, &first));
     let args = [
         "test-connection",
         "-f",
@@ -420,10 +446,10 @@ fn a_rotated_refresh_token_is_written_back_into_the_secret_file() {
     let printed = String::from_utf8_lossy(&out.stdout);
     let logged = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{printed}\n{logged}");
-    let second = refresh_token_in(&secret);
+    let second = refresh_token_in(secret);
     assert_ne!(second, first, "the rotated token is in the file");
     assert!(oauth.is_valid(&second) && !oauth.is_valid(&first));
-    let text = std::fs::read_to_string(&secret).unwrap();
+    let text = std::fs::read_to_string(secret).unwrap();
     assert!(
         text.starts_with("# OAuth2 grant of the support mailbox\n"),
         "{text}"
@@ -440,7 +466,7 @@ fn a_rotated_refresh_token_is_written_back_into_the_secret_file() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let third = refresh_token_in(&secret);
+    let third = refresh_token_in(secret);
     assert!(third != second && oauth.is_valid(&third));
     assert_eq!(oauth.stats(&client.0).refreshes, 2);
 }
@@ -448,21 +474,9 @@ fn a_rotated_refresh_token_is_written_back_into_the_secret_file() {
 #[test]
 fn standalone_run_writes_back_without_restarting_and_shows_token_times() {
     let stack = Stack::shared();
-    let user = stack.create_user("oauth-run").unwrap();
     let oauth = stack.oauth();
-    let client = oauth.register_client(ClientOptions {
-        rotate: true,
-        ..ClientOptions::default()
-    });
-    let first = oauth.grant(&client.0, &user.address);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("server.yaml"),
-        server_manifest(stack, &user),
-    )
-    .unwrap();
-    let secret = dir.path().join("secret.yaml");
-    std::fs::write(&secret, secret_manifest(&client, &first)).unwrap();
+    let (user, client, first) = rotating_grant(stack, "oauth-run");
+    let Folder { dir, secret, .. } = &folder(stack, &user, &secret_manifest(&client, &first));
     let log = dir.path().join("run.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_mailroom"))
         .args([
@@ -507,7 +521,7 @@ fn standalone_run_writes_back_without_restarting_and_shows_token_times() {
     assert!(oauth2["accessTokenExpiry"].is_string(), "{status:#}");
     assert!(oauth2["lastRefreshTime"].is_string(), "{status:#}");
     assert!(oauth2.get("writeBackError").is_none(), "{status:#}");
-    let now_in_file = refresh_token_in(&secret);
+    let now_in_file = refresh_token_in(secret);
     assert!(now_in_file != first && oauth.is_valid(&now_in_file));
     assert_eq!(
         logged.matches("worker started").count(),
@@ -583,11 +597,7 @@ fn authorize_prints_a_secret_that_signs_in() {
     assert_eq!(oauth.stats(&client.0).code_exchanges, 1);
 
     // The printed Secret, as is, signs the mailbox in.
-    let dir = tempfile::tempdir().unwrap();
-    let server = dir.path().join("server.yaml");
-    let secret = dir.path().join("secret.yaml");
-    std::fs::write(&server, server_manifest(stack, &user)).unwrap();
-    std::fs::write(&secret, &yaml).unwrap();
+    let Folder { server, secret, .. } = &folder(stack, &user, &yaml);
     let out = mailroom(&[
         "test-connection",
         "-f",

@@ -8,7 +8,7 @@ use secrecy::SecretString;
 use super::{Endpoint, normalize_password};
 use crate::api::{AuthType, OAuth2Spec, Provider, ProxySpec, SecretKeyRef, TlsSpec};
 use crate::connection::{Failure, ProxySettings, Reason, Timeouts, TlsOptions};
-use crate::oauth2::{Grant, Preset, TokenSession, Tokens, preset::url_allowed};
+use crate::oauth2::{Grant, Preset, TokenInfo, TokenSession, Tokens, preset::url_allowed};
 
 /// Where secret values come from: the cluster's Secrets (controller) or Secret
 /// manifests in a folder (standalone). Lookups are in the resource's namespace.
@@ -65,10 +65,10 @@ impl Credentials {
         }
     }
 
-    /// The OAuth2 session, for status.
-    pub fn oauth2(&self) -> Option<&TokenSession> {
+    /// The OAuth2 grant's token times, for status and metrics.
+    pub fn token_info(&self) -> Option<TokenInfo> {
         match self {
-            Self::OAuth2 { tokens, .. } => Some(tokens),
+            Self::OAuth2 { tokens, .. } => Some(tokens.info()),
             Self::Basic { .. } => None,
         }
     }

@@ -132,7 +132,7 @@ impl IncomingRuntime {
 
     /// The OAuth2 grant's token times, when the server signs in with OAuth2.
     pub fn oauth2(&self) -> Option<crate::oauth2::TokenInfo> {
-        Some(self.credentials.as_ref()?.oauth2()?.info())
+        self.credentials.as_ref()?.token_info()
     }
 
     /// The worker's counters, once it was started.
@@ -277,7 +277,7 @@ impl super::Runtime for IncomingRuntime {
             connection: live.report.as_ref().map(status::connection_status),
             next_retry_at: live.next_retry_at.map(Time),
             stats: stats.map(status::incoming_stats),
-            oauth2: status::oauth2_status(self.credentials.as_ref()),
+            oauth2: self.oauth2().map(status::oauth2_status),
             dry_run: stats.filter(|_| self.dry_run).map(status::dry_run_report),
             recent_rejections: stats
                 .map(|s| {

@@ -103,7 +103,7 @@ impl OutgoingRuntime {
 
     /// The OAuth2 grant's token times, when the server signs in with OAuth2.
     pub fn oauth2(&self) -> Option<crate::oauth2::TokenInfo> {
-        Some(self.credentials.as_ref()?.oauth2()?.info())
+        self.credentials.as_ref()?.token_info()
     }
 
     /// Stops a connection test still running.
@@ -147,7 +147,7 @@ impl super::Runtime for OutgoingRuntime {
             connection: live.report.as_ref().map(status::connection_status),
             next_retry_at: None,
             stats: Some(status::outgoing_stats(&self.stats)),
-            oauth2: status::oauth2_status(self.credentials.as_ref()),
+            oauth2: self.oauth2().map(status::oauth2_status),
             recent_rejections: status::recent_rejections(
                 &self
                     .stats

@@ -8,9 +8,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::api::{DryRunReport, IncomingStats, OAuth2Status, OutgoingStats, Rejection};
-use crate::config::Credentials;
 use crate::filter::RejectionLog;
 use crate::incoming::worker::WorkerStats;
+use crate::oauth2::TokenInfo;
 use crate::outgoing::SendStats;
 pub use conditions::{Health, conditions, connection_status, health_of};
 
@@ -19,14 +19,13 @@ fn count(c: &AtomicU64) -> i64 {
 }
 
 /// `oauth2` of either kind, when it signs in with OAuth2.
-pub fn oauth2_status(credentials: Option<&Credentials>) -> Option<OAuth2Status> {
-    let info = credentials?.oauth2()?.info();
-    Some(OAuth2Status {
+pub fn oauth2_status(info: TokenInfo) -> OAuth2Status {
+    OAuth2Status {
         access_token_expiry: info.expires_at.map(Time),
         last_refresh_time: info.last_refresh.map(Time),
         last_rotation_time: info.last_rotation.map(Time),
         write_back_error: info.write_back_error,
-    })
+    }
 }
 
 /// `stats` of an IncomingEmailServer.
