@@ -174,11 +174,7 @@ impl OAuthProvider {
 
     /// An access token for `user`, as the token endpoint would issue it.
     pub fn access_token(&self, client: &str, user: &str) -> String {
-        let body = issue(&mut self.state(), client, user, None);
-        serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["access_token"].as_str().map(str::to_owned))
-            .unwrap_or_default()
+        mint(&mut self.state(), client, user).0
     }
 
     /// Revokes the access tokens of `client` and keeps its refresh tokens, as
@@ -315,10 +311,12 @@ fn client_of(s: &State, req: &Request) -> Option<String> {
     (s.clients.get(&id)?.secret == secret).then_some(id)
 }
 
-fn issue(s: &mut State, client: &str, user: &str, refresh: Option<String>) -> String {
-    let Some(options) = s.clients.get(client).map(|c| c.options) else {
-        return String::new();
-    };
+/// A new access token of `client` for `user`, and its lifetime.
+fn mint(s: &mut State, client: &str, user: &str) -> (String, Duration) {
+    let lifetime = s
+        .clients
+        .get(client)
+        .map_or(Duration::ZERO, |c| c.options.lifetime);
     let access = token("access");
     s.access.insert(
         access.clone(),
@@ -327,13 +325,19 @@ fn issue(s: &mut State, client: &str, user: &str, refresh: Option<String>) -> St
                 client: client.into(),
                 user: user.into(),
             },
-            Instant::now() + options.lifetime,
+            Instant::now() + lifetime,
         ),
     );
+    (access, lifetime)
+}
+
+/// The token endpoint's answer: a new access token, and `refresh` if given.
+fn issue(s: &mut State, client: &str, user: &str, refresh: Option<String>) -> String {
+    let (access, lifetime) = mint(s, client, user);
     let mut body = serde_json::json!({
         "access_token": access,
         "token_type": "Bearer",
-        "expires_in": options.lifetime.as_secs(),
+        "expires_in": lifetime.as_secs(),
         "scope": "mail",
     });
     if let Some(r) = refresh {
