@@ -2,6 +2,7 @@
 //! behind an IncomingEmailServer. Core code: no Kubernetes here.
 
 pub mod imap;
+mod judging;
 pub mod pop3;
 pub mod settings;
 pub mod worker;

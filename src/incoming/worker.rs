@@ -5,7 +5,7 @@
 //! and jitter; one bad message is quarantined (IMAP) or skipped (POP3) and never
 //! blocks the rest.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,16 +15,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::imap::{self, ImapSession};
+use super::judging::{Judged, Judging, Outcome};
 use super::pop3::Pop3;
 use super::settings::IncomingSettings;
 use crate::api::{AfterProcessing, ConnectionStage, IncomingProtocol, Mode};
 use crate::connection::{ConnectionReport, Failure, Probe, Reason, within};
-use crate::filter::{
-    Filter, Judge, LoopProtection, MessageFacts, RejectionLog, RejectionRecord, Verdict,
-};
-use crate::sinks::{Delivery, Sink};
+use crate::filter::{RejectionLog, Verdict};
+use crate::sinks::{Delivery, Sink, SinkError};
 use crate::state::{Cursor, CursorStore, ImapCursor};
-use crate::ticket::{self, Ticket};
+use crate::ticket::Ticket;
 
 /// How new mail is noticed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,25 +133,20 @@ impl WorkerHandle {
     }
 }
 
-type PendingDelivery = JoinHandle<(
-    Vec<Ticket>,
-    Result<Vec<crate::sinks::Delivery>, crate::sinks::SinkError>,
-)>;
+/// Batches judged and written while the next one is fetched: two, so that
+/// the ticket writer works on one while the other waits for the disk.
+const IN_FLIGHT: usize = 2;
 
-/// A fetched and judged IMAP batch whose tickets are on their way to the sink.
+/// A batch being judged and delivered: the judged batch and what the sink
+/// said (nothing in DryRun).
+type BatchWork = JoinHandle<Result<(Judged, Result<Vec<Delivery>, SinkError>), String>>;
+
+/// A fetched IMAP batch, judged and delivered in the background.
 struct FetchedChunk {
-    delivery: Option<PendingDelivery>,
-    ticket_uids: Vec<u32>,
-    rejected_uids: Vec<u32>,
+    work: BatchWork,
+    /// Oversized messages, never downloaded.
     quarantine: Vec<(u32, Option<String>, String)>,
     newest: u32,
-}
-
-/// What became of one fetched message.
-enum Outcome {
-    Ticket(Box<Ticket>),
-    Rejected,
-    Unparseable(String),
 }
 
 /// Why a session ended early.
@@ -190,7 +184,8 @@ pub struct Worker {
     shutdown: watch::Receiver<bool>,
     options: WorkerOptions,
     backoff: Backoff,
-    judge: Judge,
+    /// Locked by each batch in fetch order, released when it is judged.
+    judging: Arc<tokio::sync::Mutex<Judging>>,
     /// DryRun keeps its cursor here, never on disk: switching to Active later
     /// starts where the last Active run stopped.
     dry_cursor: Option<Cursor>,
@@ -235,12 +230,9 @@ impl Worker {
     ) -> WorkerHandle {
         let (tx, rx) = watch::channel(false);
         let stats = Arc::new(WorkerStats::default());
-        let judge = Judge {
-            filter: Filter::incoming(settings.filter.as_ref()),
-            loops: LoopProtection::new(&settings.own_addresses, settings.rate_limit),
-        };
+        let judging = Judging::new(&settings, stats.clone(), events.clone());
         let worker = Worker {
-            judge,
+            judging: Arc::new(tokio::sync::Mutex::new(judging)),
             dry_cursor: None,
             key: settings.ticket.mailbox.clone(),
             backoff: Backoff {
@@ -379,31 +371,22 @@ impl Worker {
     }
 
     /// Hands tickets to the sink and waits; returns the indexes accepted.
-    async fn deliver(&self, tickets: Vec<Ticket>) -> Result<Vec<usize>, SessionEnd> {
-        let pending = self.start_delivery(tickets);
-        self.settle(pending).await
+    async fn deliver(&self, tickets: Arc<[Ticket]>) -> Result<Vec<usize>, SessionEnd> {
+        let result = if tickets.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.sink.deliver(tickets.clone()).await
+        };
+        self.settle(&tickets, result)
     }
 
-    /// Starts delivering a batch in the background, so that the next batch can be
-    /// fetched meanwhile.
-    fn start_delivery(&self, tickets: Vec<Ticket>) -> PendingDelivery {
-        let sink = self.sink.clone();
-        tokio::spawn(async move {
-            let result = if tickets.is_empty() {
-                Ok(Vec::new())
-            } else {
-                sink.deliver(&tickets).await
-            };
-            (tickets, result)
-        })
-    }
-
-    /// Waits for a batch's delivery and reports each ticket; returns the indexes
-    /// the sink accepted.
-    async fn settle(&self, pending: PendingDelivery) -> Result<Vec<usize>, SessionEnd> {
-        let (tickets, result) = pending
-            .await
-            .map_err(|e| SessionEnd::Sink(format!("ticket delivery stopped: {e}")))?;
+    /// Reports each ticket of a delivered batch; returns the indexes the sink
+    /// accepted.
+    fn settle(
+        &self,
+        tickets: &[Ticket],
+        result: Result<Vec<Delivery>, SinkError>,
+    ) -> Result<Vec<usize>, SessionEnd> {
         let deliveries = result.map_err(|e| SessionEnd::Sink(e.to_string()))?;
         let mut accepted = Vec::new();
         for (i, (ticket, delivery)) in tickets.iter().zip(deliveries).enumerate() {
@@ -432,51 +415,6 @@ impl Worker {
             }
         }
         Ok(accepted)
-    }
-
-    /// Parses and judges one message; a ticket only for what is accepted.
-    fn judge_message(&mut self, raw: &[u8], at: jiff::Timestamp) -> Outcome {
-        let message = match ticket::parse(raw) {
-            Ok(m) => m,
-            Err(e) => return Outcome::Unparseable(e.to_string()),
-        };
-        let facts = MessageFacts::from_message(&message, self.judge.needs_text());
-        let verdict = self.judge.judge(&facts, std::time::Instant::now());
-        let dry_run = self.dry_run();
-        if !verdict.accepted {
-            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut log) = self.stats.rejections.lock() {
-                log.record(RejectionRecord {
-                    at,
-                    sender: facts.sender_for_record(),
-                    recipient: None,
-                    message_id: facts.message_id.clone(),
-                    rule: verdict.rule.clone(),
-                    reason: if dry_run {
-                        format!("(dry run) {}", verdict.reason)
-                    } else {
-                        verdict.reason.clone()
-                    },
-                });
-            }
-        }
-        let accepted = verdict.accepted;
-        self.emit(WorkerEvent::Judged {
-            message_id: facts.message_id.clone(),
-            sender: facts.sender_for_record(),
-            verdict,
-            dry_run,
-        });
-        if accepted {
-            Outcome::Ticket(Box::new(ticket::from_message(
-                raw,
-                &message,
-                &self.settings.ticket,
-                at,
-            )))
-        } else {
-            Outcome::Rejected
-        }
     }
 
     fn quarantined(&self, message_id: Option<String>, reason: String) {
@@ -569,22 +507,28 @@ impl Worker {
             .collect();
             uids.sort_unstable();
 
-            // While the sink writes one batch, the next one is fetched; a batch is
-            // marked processed, and the cursor moved past it, only after its
-            // tickets were accepted.
+            // While one batch is judged (on a blocking thread) and written, the
+            // next one is fetched; a batch is marked processed, and the cursor
+            // moved past it, only after its tickets were accepted.
             let initial_pass = last_uid.is_none();
-            let mut in_flight: Option<FetchedChunk> = None;
+            let oversized = self.oversized(&mut session, &uids).await?;
+            let mut in_flight: VecDeque<FetchedChunk> = VecDeque::new();
             let mut chunks = uids.chunks(self.options.batch.max(1));
             loop {
                 let next = if self.stopping() { None } else { chunks.next() };
-                let fetched = match next {
-                    Some(chunk) => Some(self.fetch_chunk(&mut session, chunk).await?),
-                    None => None,
-                };
-                let last = fetched.is_none();
-                if let Some(previous) = std::mem::replace(&mut in_flight, fetched) {
-                    let newest = previous.newest;
-                    self.complete_chunk(&mut session, previous, &caps, &mut created_folders)
+                let last = next.is_none();
+                if let Some(chunk) = next {
+                    let fetched = self.fetch_chunk(&mut session, chunk, &oversized).await?;
+                    in_flight.push_back(fetched);
+                }
+                // Completed in fetch order: the cursor only ever moves forward
+                // over batches whose tickets were all accepted.
+                while in_flight.len() > IN_FLIGHT || (last && !in_flight.is_empty()) {
+                    let Some(oldest) = in_flight.pop_front() else {
+                        break;
+                    };
+                    let newest = oldest.newest;
+                    self.complete_chunk(&mut session, oldest, &caps, &mut created_folders)
                         .await?;
                     self.advance(&mut cursor, uid_validity, &mut last_uid, newest)
                         .await?;
@@ -775,53 +719,82 @@ impl Worker {
         .map_err(SessionEnd::Lost)
     }
 
-    /// Fetches a batch (sizes first, so that an oversized message is never
-    /// downloaded), judges every message, and starts delivering the tickets.
+    /// Of the new mail, the messages over maxMessageSize: the server answers
+    /// from its index, so no message is downloaded to learn its size.
+    async fn oversized(
+        &self,
+        session: &mut ImapSession,
+        uids: &[u32],
+    ) -> Result<HashSet<u32>, SessionEnd> {
+        let (Some(first), Some(last)) = (uids.first(), uids.last()) else {
+            return Ok(HashSet::new());
+        };
+        // IMAP sizes are 32-bit: no message can be larger than that.
+        let Ok(max) = u32::try_from(self.settings.max_message_size) else {
+            return Ok(HashSet::new());
+        };
+        let query = format!("UID {first}:{last} LARGER {max}");
+        let found = within(
+            self.settings.server.timeouts.io,
+            "searching oversized mail",
+            async {
+                session
+                    .uid_search(&query)
+                    .await
+                    .map_err(|e| imap::protocol_error("UID SEARCH", e))
+            },
+        )
+        .await
+        .map_err(SessionEnd::Lost)?;
+        Ok(found
+            .into_iter()
+            .filter(|uid| uids.binary_search(uid).is_ok())
+            .collect())
+    }
+
+    /// Fetches a batch (never the oversized messages), judges every message,
+    /// and starts delivering the tickets.
     async fn fetch_chunk(
         &mut self,
         session: &mut ImapSession,
         chunk: &[u32],
+        oversized: &HashSet<u32>,
     ) -> Result<FetchedChunk, SessionEnd> {
         let io = self.settings.server.timeouts.io;
         let max = self.settings.max_message_size;
-        let set = uid_set(chunk);
-        // Sizes first, so that an oversized message is never downloaded.
-        let sizes: Vec<(u32, u64)> = within(io, "reading message sizes", async {
-            let fetches: Vec<_> = session
-                .uid_fetch(&set, "(UID RFC822.SIZE)")
-                .await
-                .map_err(|e| imap::protocol_error("UID FETCH", e))?
-                .try_collect()
-                .await
-                .map_err(|e| imap::protocol_error("UID FETCH", e))?;
-            Ok(fetches
-                .iter()
-                .filter_map(|f| Some((f.uid?, u64::from(f.size.unwrap_or(0)))))
-                .collect())
-        })
-        .await
-        .map_err(SessionEnd::Lost)?;
-        let (fits, too_big): (Vec<_>, Vec<_>) =
-            sizes.into_iter().partition(|(_, size)| *size <= max);
-
-        let mut quarantine: Vec<(u32, Option<String>, String)> = too_big
-            .iter()
-            .map(|(uid, size)| {
-                (
-                    *uid,
+        let (too_big, fits): (Vec<u32>, Vec<u32>) =
+            chunk.iter().partition(|uid| oversized.contains(uid));
+        let mut quarantine: Vec<(u32, Option<String>, String)> = Vec::new();
+        if !too_big.is_empty() {
+            // Only the oversized messages' sizes, for the record.
+            let set = uid_set(&too_big);
+            let sizes: Vec<_> = within(io, "reading message sizes", async {
+                session
+                    .uid_fetch(&set, "(UID RFC822.SIZE)")
+                    .await
+                    .map_err(|e| imap::protocol_error("UID FETCH", e))?
+                    .try_collect()
+                    .await
+                    .map_err(|e| imap::protocol_error("UID FETCH", e))
+            })
+            .await
+            .map_err(SessionEnd::Lost)?;
+            quarantine.extend(sizes.iter().filter_map(|f| {
+                let size = f.size.unwrap_or(0);
+                Some((
+                    f.uid?,
                     None,
                     format!("message of {size} bytes is over maxMessageSize ({max} bytes)"),
-                )
-            })
-            .collect();
-        let mut tickets = Vec::new();
-        let mut ticket_uids = Vec::new();
-        let mut rejected_uids = Vec::new();
-        if !fits.is_empty() {
-            let fit_set = uid_set(&fits.iter().map(|(uid, _)| *uid).collect::<Vec<_>>());
-            let bodies = within(io, "fetching messages", async {
+                ))
+            }));
+        }
+        let bodies = if fits.is_empty() {
+            Vec::new()
+        } else {
+            let set = uid_set(&fits);
+            within(io, "fetching messages", async {
                 session
-                    .uid_fetch(&fit_set, "(UID BODY.PEEK[])")
+                    .uid_fetch(&set, "(UID BODY.PEEK[])")
                     .await
                     .map_err(|e| imap::protocol_error("UID FETCH", e))?
                     .try_collect::<Vec<_>>()
@@ -829,40 +802,33 @@ impl Worker {
                     .map_err(|e| imap::protocol_error("UID FETCH", e))
             })
             .await
-            .map_err(SessionEnd::Lost)?;
-            self.mark_fetched(bodies.len() + too_big.len());
-            let now = jiff::Timestamp::now();
-            for fetch in &bodies {
-                let Some(uid) = fetch.uid else { continue };
-                match self.judge_message(fetch.body().unwrap_or_default(), now) {
-                    Outcome::Ticket(t) => {
-                        tickets.push(*t);
-                        ticket_uids.push(uid);
-                    }
-                    Outcome::Rejected => rejected_uids.push(uid),
-                    Outcome::Unparseable(reason) => quarantine.push((uid, None, reason)),
-                }
-            }
-        } else {
-            self.mark_fetched(too_big.len());
-        }
-
-        let delivery = if self.dry_run() {
-            let folder = &self.settings.quarantine_folder;
-            for (uid, message_id, reason) in quarantine.drain(..) {
-                self.quarantined(
-                    message_id,
-                    format!("(dry run) UID {uid} would be moved to {folder:?}: {reason}"),
-                );
-            }
-            None
-        } else {
-            Some(self.start_delivery(tickets))
+            .map_err(SessionEnd::Lost)?
         };
+        self.mark_fetched(bodies.len() + too_big.len());
+
+        // Waits for the previous batch's judging (normally long done): batches
+        // are judged in fetch order.
+        let mut judging = self.judging.clone().lock_owned().await;
+        let sink = self.sink.clone();
+        let dry_run = self.dry_run();
+        let work = tokio::spawn(async move {
+            let judged = tokio::task::spawn_blocking(move || {
+                let messages = bodies
+                    .iter()
+                    .filter_map(|f| Some((f.uid?, f.body().unwrap_or_default())));
+                judging.batch(messages, jiff::Timestamp::now())
+            })
+            .await
+            .map_err(|e| format!("judging a batch stopped: {e}"))?;
+            let delivered = if dry_run || judged.tickets.is_empty() {
+                Ok(Vec::new())
+            } else {
+                sink.deliver(judged.tickets.clone()).await
+            };
+            Ok((judged, delivered))
+        });
         Ok(FetchedChunk {
-            delivery,
-            ticket_uids,
-            rejected_uids,
+            work,
             quarantine,
             newest: chunk.iter().copied().max().unwrap_or(0),
         })
@@ -878,23 +844,36 @@ impl Worker {
         created: &mut HashSet<String>,
     ) -> Result<(), SessionEnd> {
         let io = self.settings.server.timeouts.io;
-        let FetchedChunk {
-            delivery,
-            ticket_uids,
-            rejected_uids,
-            quarantine,
-            ..
-        } = fetched;
-        let Some(delivery) = delivery else {
+        let (judged, delivered) = fetched
+            .work
+            .await
+            .map_err(|e| format!("ticket delivery stopped: {e}"))
+            .and_then(|r| r)
+            .map_err(SessionEnd::Sink)?;
+        let mut quarantine = fetched.quarantine;
+        quarantine.extend(
+            judged
+                .unparseable
+                .into_iter()
+                .map(|(uid, reason)| (uid, None, reason)),
+        );
+        if self.dry_run() {
+            let folder = &self.settings.quarantine_folder;
+            for (uid, message_id, reason) in quarantine {
+                self.quarantined(
+                    message_id,
+                    format!("(dry run) UID {uid} would be moved to {folder:?}: {reason}"),
+                );
+            }
             return Ok(());
-        };
-        let accepted = self.settle(delivery).await?;
+        }
+        let accepted = self.settle(&judged.tickets, delivered)?;
         // Rejected mail gets the same afterProcessing as accepted mail: it is
         // judged once, and a rejection alone never deletes anything.
         let done: Vec<u32> = accepted
             .iter()
-            .map(|i| ticket_uids[*i])
-            .chain(rejected_uids)
+            .map(|i| judged.ticket_uids[*i])
+            .chain(judged.rejected_uids)
             .collect();
         if !done.is_empty() {
             match self.settings.after_processing {
@@ -985,7 +964,8 @@ impl Worker {
                     continue;
                 }
                 let raw = pop.retr(*n, size).await.map_err(SessionEnd::Lost)?;
-                match self.judge_message(&raw, now) {
+                let outcome = self.judging.lock().await.message(&raw, now);
+                match outcome {
                     Outcome::Ticket(t) => {
                         tickets.push(*t);
                         numbers.push((*n, uid.clone()));
@@ -999,7 +979,7 @@ impl Worker {
             }
             self.mark_fetched(chunk.len());
             if !self.dry_run() {
-                let accepted = self.deliver(tickets).await?;
+                let accepted = self.deliver(tickets.into()).await?;
                 if self.settings.after_processing == AfterProcessing::Delete {
                     let done = accepted.iter().map(|i| numbers[*i].0).chain(rejected);
                     for n in done {

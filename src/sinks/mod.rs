@@ -5,6 +5,7 @@ pub mod directory;
 pub mod webhook;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::api::SinkSpec;
 use crate::config::SecretSource;
@@ -74,11 +75,12 @@ impl Sink {
     }
 
     /// Delivers a batch; one `Delivery` per ticket, in order. An error means
-    /// nothing of the batch may be taken as delivered.
-    pub async fn deliver(&self, tickets: &[Ticket]) -> Result<Vec<Delivery>, SinkError> {
+    /// nothing of the batch may be taken as delivered. Shared, not copied: the
+    /// directory sink writes on a blocking thread.
+    pub async fn deliver(&self, tickets: Arc<[Ticket]>) -> Result<Vec<Delivery>, SinkError> {
         match self {
             Self::Directory(d) => d.deliver(tickets).await,
-            Self::Webhook(w) => w.deliver(tickets).await,
+            Self::Webhook(w) => w.deliver(&tickets).await,
         }
     }
 }

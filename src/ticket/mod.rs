@@ -173,7 +173,13 @@ pub fn from_message(
         cc: mailboxes(message.cc()),
         subject,
         text: message.body_text(0).map(|t| t.into_owned()),
-        html: message.body_html(0).map(|h| h.into_owned()),
+        // Only HTML the sender wrote: a plain-text message has none, rather
+        // than a copy of its text wrapped in markup.
+        html: message
+            .html_part(0)
+            .filter(|part| part.is_text_html())
+            .and_then(|_| message.body_html(0))
+            .map(|h| h.into_owned()),
         attachments,
         message_id,
         in_reply_to: id_list(message.in_reply_to()),
@@ -239,6 +245,14 @@ mod tests {
             t.idempotency_key,
             idempotency_key("helpdesk/support", Some("abc@company.com"), b"")
         );
+    }
+
+    #[test]
+    fn plain_text_mail_has_no_html() {
+        let raw = b"From: a@b.c\r\nSubject: x\r\nContent-Type: text/plain\r\n\r\nHello there\r\n";
+        let t = map(raw, &settings(), jiff::Timestamp::now()).unwrap();
+        assert_eq!(t.text.as_deref(), Some("Hello there\r\n"));
+        assert_eq!(t.html, None);
     }
 
     #[test]

@@ -135,6 +135,20 @@ pub struct Options {
     /// Offer XOAUTH2 only, not OAUTHBEARER, as Microsoft 365 does: clients
     /// that prefer OAUTHBEARER must fall back to XOAUTH2.
     pub xoauth2_only: bool,
+    /// How Dovecot stores mail.
+    pub mail_store: MailStore,
+}
+
+/// Dovecot's mail storage format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MailStore {
+    /// One file per message, flags in the file name: a flag change renames
+    /// the file. What the tests read directly.
+    #[default]
+    Maildir,
+    /// One file per message, flags in Dovecot's index: a flag change writes
+    /// no message file, as with most large providers.
+    Sdbox,
 }
 
 /// A mailbox user.
@@ -169,6 +183,7 @@ pub struct Stack {
     next_user: AtomicU32,
     oauth: oauth::OAuthProvider,
     xoauth2_only: bool,
+    mail_store: MailStore,
 }
 
 impl std::fmt::Debug for Stack {
@@ -309,6 +324,7 @@ impl Stack {
             next_user: AtomicU32::new(1),
             oauth: oauth::OAuthProvider::start()?,
             xoauth2_only: options.xoauth2_only,
+            mail_store: options.mail_store,
         };
         stack.configure()?;
         stack.spawn_servers()?;
@@ -352,6 +368,13 @@ impl Stack {
             ("RUN", d.join("run").display().to_string()),
             ("ID", std::process::id().to_string()),
             ("MAIL_USER", MAIL_USER.to_owned()),
+            (
+                "MAIL_LOCATION",
+                match self.mail_store {
+                    MailStore::Maildir => format!("maildir:{}/mail/%d/%n/Maildir", d.display()),
+                    MailStore::Sdbox => format!("sdbox:{}/mail/%d/%n/sdbox", d.display()),
+                },
+            ),
             ("DOMAIN", DOMAIN.to_owned()),
             ("IMAP", p.imap.to_string()),
             ("IMAPS", p.imaps.to_string()),
@@ -739,6 +762,11 @@ impl Stack {
 
     /// The raw messages in a user's INBOX, oldest first, read from the maildir.
     pub fn inbox(&self, user: &str) -> Result<Vec<Vec<u8>>, Error> {
+        if self.mail_store != MailStore::Maildir {
+            return Err(Error::Setup(
+                "inbox() reads maildirs; this stack stores mail as sdbox".into(),
+            ));
+        }
         let (local, domain) = user
             .split_once('@')
             .ok_or_else(|| Error::Setup(format!("{user:?} is not an address")))?;
@@ -767,13 +795,19 @@ impl Stack {
 
     /// Writes messages straight into a user's maildir (`new/`), much faster than
     /// delivery for seeding benchmarks; Dovecot takes them in at the next sync.
+    /// With sdbox, the maildir is a staging copy that Dovecot imports (and that
+    /// stays, so that no mass deletion slows the disk down for what follows).
     pub fn seed<M: AsRef<[u8]>>(&self, user: &str, messages: &[M]) -> Result<(), Error> {
         let (local, domain) = user
             .split_once('@')
             .ok_or_else(|| Error::Setup(format!("{user:?} is not an address")))?;
         let (uid, gid) = self.mail_owner;
+        let leaf = match self.mail_store {
+            MailStore::Maildir => "Maildir",
+            MailStore::Sdbox => "seed",
+        };
         let mut dir = self.dir.join("mail");
-        for part in [domain, local, "Maildir"] {
+        for part in [domain, local, leaf] {
             dir.push(part);
             if !dir.exists() {
                 fs::create_dir(&dir)?;
@@ -797,6 +831,10 @@ impl Stack {
             fs::write(&tmp, m.as_ref())?;
             chown(&tmp, Some(uid), Some(gid))?;
             fs::rename(&tmp, dir.join("new").join(&name))?;
+        }
+        if self.mail_store == MailStore::Sdbox {
+            let source = format!("maildir:{}", dir.display());
+            self.doveadm(&["import", "-u", user, &source, "", "all"])?;
         }
         Ok(())
     }

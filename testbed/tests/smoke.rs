@@ -318,6 +318,68 @@ fn seeded_maildir_messages_are_served() {
 }
 
 #[test]
+fn an_sdbox_stack_serves_seeded_mail_and_keeps_flags_out_of_file_names() {
+    let stack = Stack::start(testbed::Options {
+        mail_store: testbed::MailStore::Sdbox,
+        ..Default::default()
+    })
+    .unwrap();
+    let user = stack.create_user("sdbox").unwrap();
+    let messages: Vec<String> = (0..20)
+        .map(|i| format!("Subject: s{i}\r\n\r\nbody\r\n"))
+        .collect();
+    stack.seed(&user.address, &messages).unwrap();
+    assert_eq!(imaps_subjects(&stack, &user).len(), 20);
+
+    let (local, domain) = user.address.split_once('@').unwrap();
+    let mailbox = stack
+        .dir()
+        .join("mail")
+        .join(domain)
+        .join(local)
+        .join("sdbox");
+    // sdbox names a message's file `u.<UID>`, whatever its flags.
+    let message_files = || {
+        let mut names: Vec<String> = walk(&mailbox)
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+            .filter(|n| n.starts_with("u."))
+            .collect();
+        names.sort();
+        names
+    };
+    let before = message_files();
+    assert_eq!(before.len(), 20, "{before:?}");
+    let mut c = LineClient::tls(stack.imaps(), stack.ca_pem()).unwrap();
+    c.line().unwrap();
+    c.imap("a", &format!("LOGIN {} {}", user.address, user.password))
+        .unwrap();
+    c.imap("b", "SELECT INBOX").unwrap();
+    let stored = c.imap("c", "UID STORE 1:* +FLAGS.SILENT (\\Seen)").unwrap();
+    assert!(stored.last().unwrap().starts_with("c OK"), "{stored:?}");
+    let seen = stack.messages(&user.address, "INBOX").unwrap();
+    assert!(seen.iter().all(|m| m.has_flag("\\Seen")), "{seen:?}");
+    assert_eq!(message_files(), before, "a flag change renamed files");
+    assert!(
+        stack.inbox(&user.address).is_err(),
+        "inbox() reads maildirs only"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
 fn bearer_tokens_sign_in_to_imap_pop3_and_smtp_and_revoked_ones_do_not() {
     let stack = Stack::shared();
     let user = stack.create_user("oauth").unwrap();
