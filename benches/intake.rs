@@ -147,8 +147,8 @@ async fn main() {
     // the next file creations on this disk slow for minutes (see disk_root).
     let mut kept = Vec::new();
     let mut stacks = Vec::new();
-    // sdbox keeps flags in Dovecot's index, as large providers do; maildir
-    // renames a message's file to set a flag, which the raw ceiling never pays.
+    // sdbox keeps flags in Dovecot's index; maildir renames a message's file
+    // to set a flag, which the raw ceiling never pays.
     for store in [MailStore::Sdbox, MailStore::Maildir] {
         println!("\nDovecot mail store: {store:?}");
         let stack = Stack::start(Options {

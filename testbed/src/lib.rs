@@ -147,7 +147,7 @@ pub enum MailStore {
     #[default]
     Maildir,
     /// One file per message, flags in Dovecot's index: a flag change writes
-    /// no message file, as with most large providers.
+    /// no message file.
     Sdbox,
 }
 
