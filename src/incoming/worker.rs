@@ -133,6 +133,31 @@ impl WorkerHandle {
     }
 }
 
+/// Most message bytes fetched in one batch (a single larger message, within
+/// maxMessageSize, is a batch of its own): bounds memory with big mail.
+const BATCH_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Splits `(UID, size)` pairs, in order, into batches of at most `count`
+/// messages and, apart from a single large message, `bytes` bytes. Messages
+/// over `max` are never fetched and count nothing.
+fn batches(sizes: &[(u32, u64)], count: usize, bytes: u64, max: u64) -> Vec<&[(u32, u64)]> {
+    let mut out = Vec::new();
+    let (mut start, mut held) = (0, 0u64);
+    for (i, (_, size)) in sizes.iter().enumerate() {
+        let size = if *size > max { 0 } else { *size };
+        let full = i - start >= count.max(1) || (i > start && held + size > bytes);
+        if full {
+            out.push(&sizes[start..i]);
+            (start, held) = (i, 0);
+        }
+        held += size;
+    }
+    if start < sizes.len() {
+        out.push(&sizes[start..]);
+    }
+    out
+}
+
 /// Batches judged and written while the next one is fetched: two, so that
 /// the ticket writer works on one while the other waits for the disk.
 const IN_FLIGHT: usize = 2;
@@ -511,14 +536,15 @@ impl Worker {
             // next one is fetched; a batch is marked processed, and the cursor
             // moved past it, only after its tickets were accepted.
             let initial_pass = last_uid.is_none();
-            let oversized = self.oversized(&mut session, &uids).await?;
+            let sizes = self.sizes(&mut session, &uids).await?;
             let mut in_flight: VecDeque<FetchedChunk> = VecDeque::new();
-            let mut chunks = uids.chunks(self.options.batch.max(1));
+            let max = self.settings.max_message_size;
+            let mut chunks = batches(&sizes, self.options.batch, BATCH_BYTES, max).into_iter();
             loop {
                 let next = if self.stopping() { None } else { chunks.next() };
                 let last = next.is_none();
                 if let Some(chunk) = next {
-                    let fetched = self.fetch_chunk(&mut session, chunk, &oversized).await?;
+                    let fetched = self.fetch_chunk(&mut session, chunk).await?;
                     in_flight.push_back(fetched);
                 }
                 // Completed in fetch order: the cursor only ever moves forward
@@ -719,56 +745,21 @@ impl Worker {
         .map_err(SessionEnd::Lost)
     }
 
-    /// Of the new mail, the messages over maxMessageSize: the server answers
-    /// from its index, so no message is downloaded to learn its size.
-    async fn oversized(
+    /// The sizes of the new mail, in UID order, from the server's index: no
+    /// message is downloaded to learn its size.
+    async fn sizes(
         &self,
         session: &mut ImapSession,
         uids: &[u32],
-    ) -> Result<HashSet<u32>, SessionEnd> {
-        let (Some(first), Some(last)) = (uids.first(), uids.last()) else {
-            return Ok(HashSet::new());
-        };
-        // IMAP sizes are 32-bit: no message can be larger than that.
-        let Ok(max) = u32::try_from(self.settings.max_message_size) else {
-            return Ok(HashSet::new());
-        };
-        let query = format!("UID {first}:{last} LARGER {max}");
-        let found = within(
+    ) -> Result<Vec<(u32, u64)>, SessionEnd> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let set = uid_set(uids);
+        let fetched: Vec<_> = within(
             self.settings.server.timeouts.io,
-            "searching oversized mail",
+            "reading message sizes",
             async {
-                session
-                    .uid_search(&query)
-                    .await
-                    .map_err(|e| imap::protocol_error("UID SEARCH", e))
-            },
-        )
-        .await
-        .map_err(SessionEnd::Lost)?;
-        Ok(found
-            .into_iter()
-            .filter(|uid| uids.binary_search(uid).is_ok())
-            .collect())
-    }
-
-    /// Fetches a batch (never the oversized messages), judges every message,
-    /// and starts delivering the tickets.
-    async fn fetch_chunk(
-        &mut self,
-        session: &mut ImapSession,
-        chunk: &[u32],
-        oversized: &HashSet<u32>,
-    ) -> Result<FetchedChunk, SessionEnd> {
-        let io = self.settings.server.timeouts.io;
-        let max = self.settings.max_message_size;
-        let (too_big, fits): (Vec<u32>, Vec<u32>) =
-            chunk.iter().partition(|uid| oversized.contains(uid));
-        let mut quarantine: Vec<(u32, Option<String>, String)> = Vec::new();
-        if !too_big.is_empty() {
-            // Only the oversized messages' sizes, for the record.
-            let set = uid_set(&too_big);
-            let sizes: Vec<_> = within(io, "reading message sizes", async {
                 session
                     .uid_fetch(&set, "(UID RFC822.SIZE)")
                     .await
@@ -776,18 +767,42 @@ impl Worker {
                     .try_collect()
                     .await
                     .map_err(|e| imap::protocol_error("UID FETCH", e))
-            })
-            .await
-            .map_err(SessionEnd::Lost)?;
-            quarantine.extend(sizes.iter().filter_map(|f| {
-                let size = f.size.unwrap_or(0);
-                Some((
-                    f.uid?,
+            },
+        )
+        .await
+        .map_err(SessionEnd::Lost)?;
+        let mut sizes: Vec<(u32, u64)> = fetched
+            .iter()
+            .filter_map(|f| Some((f.uid?, u64::from(f.size?))))
+            .filter(|(uid, _)| uids.binary_search(uid).is_ok())
+            .collect();
+        sizes.sort_unstable();
+        sizes.dedup_by_key(|(uid, _)| *uid);
+        Ok(sizes)
+    }
+
+    /// Fetches a batch (never its oversized messages), and judges and delivers
+    /// it in the background.
+    async fn fetch_chunk(
+        &mut self,
+        session: &mut ImapSession,
+        chunk: &[(u32, u64)],
+    ) -> Result<FetchedChunk, SessionEnd> {
+        let io = self.settings.server.timeouts.io;
+        let max = self.settings.max_message_size;
+        let (too_big, fits): (Vec<_>, Vec<_>) =
+            chunk.iter().copied().partition(|(_, size)| *size > max);
+        let quarantine: Vec<(u32, Option<String>, String)> = too_big
+            .iter()
+            .map(|(uid, size)| {
+                (
+                    *uid,
                     None,
                     format!("message of {size} bytes is over maxMessageSize ({max} bytes)"),
-                ))
-            }));
-        }
+                )
+            })
+            .collect();
+        let fits: Vec<u32> = fits.into_iter().map(|(uid, _)| uid).collect();
         let bodies = if fits.is_empty() {
             Vec::new()
         } else {
@@ -830,7 +845,7 @@ impl Worker {
         Ok(FetchedChunk {
             work,
             quarantine,
-            newest: chunk.iter().copied().max().unwrap_or(0),
+            newest: chunk.iter().map(|(uid, _)| *uid).max().unwrap_or(0),
         })
     }
 
@@ -1004,6 +1019,32 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_are_bounded_by_count_and_bytes() {
+        let uids = |b: &[&[(u32, u64)]]| -> Vec<Vec<u32>> {
+            b.iter()
+                .map(|c| c.iter().map(|(u, _)| *u).collect())
+                .collect()
+        };
+        let small: Vec<(u32, u64)> = (1..=7).map(|u| (u, 10)).collect();
+        assert_eq!(
+            uids(&batches(&small, 3, 1000, 100)),
+            [vec![1, 2, 3], vec![4, 5, 6], vec![7]]
+        );
+        assert_eq!(
+            uids(&batches(&small, 10, 25, 100)),
+            [vec![1, 2], vec![3, 4], vec![5, 6], vec![7]]
+        );
+        // A message larger than a batch's bytes goes alone; one over the
+        // maximum is never fetched and takes no room.
+        let mixed = [(1, 10), (2, 90), (3, 10), (4, 5000), (5, 10), (6, 10)];
+        assert_eq!(
+            uids(&batches(&mixed, 10, 50, 100)),
+            [vec![1], vec![2], vec![3, 4, 5, 6]]
+        );
+        assert!(batches(&[], 10, 50, 100).is_empty());
+    }
 
     #[test]
     fn uid_sets_are_compressed() {
