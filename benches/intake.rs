@@ -73,10 +73,13 @@ type Conn = BufReader<tokio_rustls::client::TlsStream<TcpStream>>;
 async fn command(conn: &mut Conn, tag: &mut u32, command: String) -> usize {
     *tag += 1;
     let t = format!("r{tag} ");
-    conn.get_mut()
+    let stream = conn.get_mut();
+    stream
         .write_all(format!("{t}{command}\r\n").as_bytes())
         .await
         .unwrap();
+    // TLS may hold the command until flushed.
+    stream.flush().await.unwrap();
     let mut bodies = 0;
     let mut buf = Vec::new();
     let mut line = String::new();
