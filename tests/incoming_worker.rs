@@ -352,6 +352,26 @@ async fn a_uidvalidity_change_neither_loses_nor_floods() {
     assert_eq!(tickets(&out.path().join("t")).len(), 4);
 }
 
+/// A worker on `user`'s IMAPS mailbox with maxMessageSize 4Ki, its tickets
+/// in `<folder>/t`.
+fn start_with_4k_limit(
+    stack: &Stack,
+    user: &User,
+    options: WorkerOptions,
+) -> (tempfile::TempDir, Run) {
+    let out = tempfile::tempdir().unwrap();
+    let store = Arc::new(FileCursorStore::new(out.path().join("state")));
+    let s = settings(
+        stack,
+        user,
+        IncomingProtocol::Imap,
+        SecurityType::Ssl,
+        |s| s.max_message_size = "4Ki".into(),
+    );
+    let run = start(s, dir_sink(&out.path().join("t")), store, options);
+    (out, run)
+}
+
 async fn process_with(s: &IncomingSettings, store: &Arc<dyn CursorStore>, out: &Path, n: usize) {
     let mut run = start(s.clone(), dir_sink(&out.join("t")), store.clone(), fast());
     wait_tickets(&out.join("t"), n).await;
@@ -506,16 +526,7 @@ async fn oversized_and_unparseable_mail_is_quarantined_while_the_rest_flows() {
             b"no header section at all\r\n\r\njust text\r\n",
         )
         .unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let store = Arc::new(FileCursorStore::new(out.path().join("state")));
-    let s = settings(
-        stack,
-        &user,
-        IncomingProtocol::Imap,
-        SecurityType::Ssl,
-        |s| s.max_message_size = "4Ki".into(),
-    );
-    let mut run = start(s, dir_sink(&out.path().join("t")), store, fast());
+    let (out, mut run) = start_with_4k_limit(stack, &user, fast());
     let mut quarantined = Vec::new();
     run.until("two quarantined", |e| {
         if let WorkerEvent::Quarantined { reason, .. } = e {
@@ -688,18 +699,9 @@ async fn many_batches_are_completed_in_fetch_order() {
     let mut messages: Vec<String> = (0..20).map(message).collect();
     messages[9] = format!("{}{}\r\n", message(9), "x".repeat(8 * 1024));
     stack.deliver(&user.address, &messages).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let store = Arc::new(FileCursorStore::new(out.path().join("state")));
-    let s = settings(
-        stack,
-        &user,
-        IncomingProtocol::Imap,
-        SecurityType::Ssl,
-        |s| s.max_message_size = "4Ki".into(),
-    );
     // Batches of three: several are judged and written while the next is fetched.
     let options = WorkerOptions { batch: 3, ..fast() };
-    let mut run = start(s, dir_sink(&out.path().join("t")), store, options);
+    let (out, mut run) = start_with_4k_limit(stack, &user, options);
     // UID n holds message n - 1 (one LMTP session delivers in order).
     let index = |id: &str| -> usize {
         id.strip_prefix('m')
