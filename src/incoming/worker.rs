@@ -5,7 +5,7 @@
 //! and jitter; one bad message is quarantined (IMAP) or skipped (POP3) and never
 //! blocks the rest.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -771,14 +771,16 @@ impl Worker {
         )
         .await
         .map_err(SessionEnd::Lost)?;
-        let mut sizes: Vec<(u32, u64)> = fetched
+        let known: HashMap<u32, u64> = fetched
             .iter()
             .filter_map(|f| Some((f.uid?, u64::from(f.size?))))
-            .filter(|(uid, _)| uids.binary_search(uid).is_ok())
             .collect();
-        sizes.sort_unstable();
-        sizes.dedup_by_key(|(uid, _)| *uid);
-        Ok(sizes)
+        // A message the answer leaves out is still fetched (and judged by its
+        // body): it is never skipped.
+        Ok(uids
+            .iter()
+            .map(|uid| (*uid, known.get(uid).copied().unwrap_or(0)))
+            .collect())
     }
 
     /// Fetches a batch (never its oversized messages), and judges and delivers
@@ -948,7 +950,7 @@ impl Worker {
 
         let mut cursor = self.load_cursor().await?;
         let uidl = pop.uidl().await.map_err(SessionEnd::Lost)?;
-        let sizes: std::collections::HashMap<u32, u64> = pop
+        let sizes: HashMap<u32, u64> = pop
             .list()
             .await
             .map_err(SessionEnd::Lost)?
