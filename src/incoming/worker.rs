@@ -244,6 +244,25 @@ fn uid_set(uids: &[u32]) -> String {
     out.join(",")
 }
 
+/// UID sets covering sorted `uids`, each short enough for one command
+/// (servers must take lines of 8,192 octets): a run of UIDs costs a few
+/// octets, scattered UIDs up to eleven each.
+fn uid_sets(uids: &[u32]) -> Vec<String> {
+    let mut sets: Vec<String> = Vec::new();
+    // 500 UIDs are at most 5,500 octets, however scattered.
+    for part in uids.chunks(500) {
+        let set = uid_set(part);
+        match sets.last_mut() {
+            Some(last) if last.len() + 1 + set.len() <= 4000 => {
+                last.push(',');
+                last.push_str(&set);
+            }
+            _ => sets.push(set),
+        }
+    }
+    sets
+}
+
 impl Worker {
     /// Starts a worker; events go to `events`.
     pub fn spawn(
@@ -752,29 +771,29 @@ impl Worker {
         session: &mut ImapSession,
         uids: &[u32],
     ) -> Result<Vec<(u32, u64)>, SessionEnd> {
-        if uids.is_empty() {
-            return Ok(Vec::new());
+        let mut known: HashMap<u32, u64> = HashMap::with_capacity(uids.len());
+        for set in uid_sets(uids) {
+            let fetched: Vec<_> = within(
+                self.settings.server.timeouts.io,
+                "reading message sizes",
+                async {
+                    session
+                        .uid_fetch(&set, "(UID RFC822.SIZE)")
+                        .await
+                        .map_err(|e| imap::protocol_error("UID FETCH", e))?
+                        .try_collect()
+                        .await
+                        .map_err(|e| imap::protocol_error("UID FETCH", e))
+                },
+            )
+            .await
+            .map_err(SessionEnd::Lost)?;
+            known.extend(
+                fetched
+                    .iter()
+                    .filter_map(|f| Some((f.uid?, u64::from(f.size?)))),
+            );
         }
-        let set = uid_set(uids);
-        let fetched: Vec<_> = within(
-            self.settings.server.timeouts.io,
-            "reading message sizes",
-            async {
-                session
-                    .uid_fetch(&set, "(UID RFC822.SIZE)")
-                    .await
-                    .map_err(|e| imap::protocol_error("UID FETCH", e))?
-                    .try_collect()
-                    .await
-                    .map_err(|e| imap::protocol_error("UID FETCH", e))
-            },
-        )
-        .await
-        .map_err(SessionEnd::Lost)?;
-        let known: HashMap<u32, u64> = fetched
-            .iter()
-            .filter_map(|f| Some((f.uid?, u64::from(f.size?))))
-            .collect();
         // A message the answer leaves out is still fetched (and judged by its
         // body): it is never skipped.
         Ok(uids
@@ -1052,6 +1071,26 @@ mod tests {
     fn uid_sets_are_compressed() {
         assert_eq!(uid_set(&[7, 1, 2, 3, 9, 10]), "1:3,7,9:10");
         assert_eq!(uid_set(&[5]), "5");
+    }
+
+    #[test]
+    fn long_uid_lists_are_split_into_short_commands() {
+        let run: Vec<u32> = (1..=10_000).collect();
+        assert_eq!(uid_sets(&run).len(), 1, "{:?}", uid_sets(&run));
+        let scattered: Vec<u32> = (0..5000).map(|i| 4_000_000_000 + 2 * i).collect();
+        let sets = uid_sets(&scattered);
+        assert!(sets.len() > 1);
+        assert!(
+            sets.iter().all(|s| s.len() <= 5500),
+            "{:?}",
+            sets.iter().map(String::len).collect::<Vec<_>>()
+        );
+        let covered: Vec<u32> = sets
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(covered, scattered);
     }
 
     #[test]
