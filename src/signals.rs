@@ -1,18 +1,30 @@
 //! Process signals: both long-running commands stop cleanly on SIGINT or
 //! SIGTERM (what Kubernetes sends before it kills a pod).
 
-/// Resolves when SIGINT or SIGTERM arrives.
-pub async fn terminated() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+use std::future::Future;
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+/// Listens for SIGINT and SIGTERM from this call on, so that one arriving
+/// while the process starts up is not lost; the future resolves when one has
+/// arrived. Call it inside the runtime, before anything slow.
+pub fn terminated() -> impl Future<Output = ()> + Send + 'static {
+    let term = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        tokio::select! {
+            _ = arrival(term) => {}
+            _ = arrival(interrupt) => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+    }
+}
+
+async fn arrival(listener: std::io::Result<Signal>) {
+    match listener {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        // Without the listener the default action (exit) still applies.
+        Err(_) => std::future::pending::<()>().await,
     }
 }

@@ -114,6 +114,7 @@ fn stream_of<T: Send + 'static>(
 }
 
 pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
+    let terminated = crate::signals::terminated();
     let client = Client::try_default().await.map_err(RunError::Client)?;
     if opts.namespaces.is_empty() {
         check_startup(&client, None)
@@ -128,7 +129,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        crate::signals::terminated().await;
+        terminated.await;
         let _ = stop_tx.send(true);
     });
     let probe = Probe::default();

@@ -75,6 +75,7 @@ async fn reload(
 }
 
 pub async fn run(options: RunOptions) -> Result<(), RunError> {
+    let stop = crate::signals::terminated();
     let dir = options.manifests.clone();
     let paths = Paths {
         status: options
@@ -146,7 +147,6 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     tracing::info!(manifests = %dir.display(), "running; watching the folder for changes");
 
     let mut tick = tokio::time::interval(STATUS_EVERY);
-    let stop = crate::signals::terminated();
     tokio::pin!(stop);
     loop {
         tokio::select! {
