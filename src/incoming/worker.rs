@@ -170,7 +170,7 @@ type BatchWork = JoinHandle<Result<(Judged, Result<Vec<Delivery>, SinkError>), S
 struct FetchedChunk {
     work: BatchWork,
     /// Oversized messages, never downloaded.
-    quarantine: Vec<(u32, Option<String>, String)>,
+    quarantine: Vec<(u32, String)>,
     newest: u32,
 }
 
@@ -773,21 +773,9 @@ impl Worker {
     ) -> Result<Vec<(u32, u64)>, SessionEnd> {
         let mut known: HashMap<u32, u64> = HashMap::with_capacity(uids.len());
         for set in uid_sets(uids) {
-            let fetched: Vec<_> = within(
-                self.settings.server.timeouts.io,
-                "reading message sizes",
-                async {
-                    session
-                        .uid_fetch(&set, "(UID RFC822.SIZE)")
-                        .await
-                        .map_err(|e| imap::protocol_error("UID FETCH", e))?
-                        .try_collect()
-                        .await
-                        .map_err(|e| imap::protocol_error("UID FETCH", e))
-                },
-            )
-            .await
-            .map_err(SessionEnd::Lost)?;
+            let fetched = self
+                .fetch_all(session, &set, "(UID RFC822.SIZE)", "reading message sizes")
+                .await?;
             known.extend(
                 fetched
                     .iter()
@@ -802,6 +790,27 @@ impl Worker {
             .collect())
     }
 
+    /// `UID FETCH` of `set` with `items`, every answer collected.
+    async fn fetch_all(
+        &self,
+        session: &mut ImapSession,
+        set: &str,
+        items: &str,
+        what: &str,
+    ) -> Result<Vec<async_imap::types::Fetch>, SessionEnd> {
+        within(self.settings.server.timeouts.io, what, async {
+            session
+                .uid_fetch(set, items)
+                .await
+                .map_err(|e| imap::protocol_error("UID FETCH", e))?
+                .try_collect()
+                .await
+                .map_err(|e| imap::protocol_error("UID FETCH", e))
+        })
+        .await
+        .map_err(SessionEnd::Lost)
+    }
+
     /// Fetches a batch (never its oversized messages), and judges and delivers
     /// it in the background.
     async fn fetch_chunk(
@@ -809,16 +818,14 @@ impl Worker {
         session: &mut ImapSession,
         chunk: &[(u32, u64)],
     ) -> Result<FetchedChunk, SessionEnd> {
-        let io = self.settings.server.timeouts.io;
         let max = self.settings.max_message_size;
         let (too_big, fits): (Vec<_>, Vec<_>) =
             chunk.iter().copied().partition(|(_, size)| *size > max);
-        let quarantine: Vec<(u32, Option<String>, String)> = too_big
+        let quarantine: Vec<(u32, String)> = too_big
             .iter()
             .map(|(uid, size)| {
                 (
                     *uid,
-                    None,
                     format!("message of {size} bytes is over maxMessageSize ({max} bytes)"),
                 )
             })
@@ -827,18 +834,13 @@ impl Worker {
         let bodies = if fits.is_empty() {
             Vec::new()
         } else {
-            let set = uid_set(&fits);
-            within(io, "fetching messages", async {
-                session
-                    .uid_fetch(&set, "(UID BODY.PEEK[])")
-                    .await
-                    .map_err(|e| imap::protocol_error("UID FETCH", e))?
-                    .try_collect::<Vec<_>>()
-                    .await
-                    .map_err(|e| imap::protocol_error("UID FETCH", e))
-            })
-            .await
-            .map_err(SessionEnd::Lost)?
+            self.fetch_all(
+                session,
+                &uid_set(&fits),
+                "(UID BODY.PEEK[])",
+                "fetching messages",
+            )
+            .await?
         };
         self.mark_fetched(bodies.len() + too_big.len());
 
@@ -887,17 +889,14 @@ impl Worker {
             .and_then(|r| r)
             .map_err(SessionEnd::Sink)?;
         let mut quarantine = fetched.quarantine;
-        quarantine.extend(
-            judged
-                .unparseable
-                .into_iter()
-                .map(|(uid, reason)| (uid, None, reason)),
-        );
+        quarantine.extend(judged.unparseable);
+        // Neither an oversized nor an unparseable message has a Message-ID
+        // to report: the one was never downloaded, the other could not be parsed.
         if self.dry_run() {
             let folder = &self.settings.quarantine_folder;
-            for (uid, message_id, reason) in quarantine {
+            for (uid, reason) in quarantine {
                 self.quarantined(
-                    message_id,
+                    None,
                     format!("(dry run) UID {uid} would be moved to {folder:?}: {reason}"),
                 );
             }
@@ -938,14 +937,11 @@ impl Worker {
         }
         if !quarantine.is_empty() {
             let folder = self.settings.quarantine_folder.clone();
-            let uids: Vec<u32> = quarantine.iter().map(|(uid, _, _)| *uid).collect();
+            let uids: Vec<u32> = quarantine.iter().map(|(uid, _)| *uid).collect();
             self.move_uids(session, &uids, &folder, caps, created)
                 .await?;
-            for (uid, message_id, reason) in quarantine {
-                self.quarantined(
-                    message_id,
-                    format!("UID {uid} moved to {folder:?}: {reason}"),
-                );
+            for (uid, reason) in quarantine {
+                self.quarantined(None, format!("UID {uid} moved to {folder:?}: {reason}"));
             }
         }
         Ok(())
