@@ -10,7 +10,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mail_parser::MessageParser;
 use mailroom::api::FilterType;
-use mailroom::filter::{Filter, MessageFacts};
+use mailroom_core::filter::{Filter, MessageFacts};
 
 const WORDS: &[&str] = &[
     "printer", "network", "password", "reset", "laptop", "screen", "error", "please", "help",

@@ -11,10 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use mailroom::incoming::IncomingSettings;
-use mailroom::incoming::worker::{Worker, WorkerEvent, WorkerOptions};
-use mailroom::sinks::{DirectorySink, Sink};
-use mailroom::state::FileCursorStore;
+use mailroom_core::incoming::worker::{Counted, Worker, WorkerEvent, WorkerOptions, WorkerStats};
+use mailroom_core::sinks::{DirectorySink, Sink};
+use mailroom_core::state::FileCursorStore;
 use rustls::pki_types::ServerName;
 use testbed::{MailStore, Options, Stack};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -207,7 +206,12 @@ async fn run(stack: &Stack, messages: &[String], floor: bool) -> Vec<tempfile::T
         ("mail".into(), "password".into(), user.password.clone()),
         ("ca".into(), "ca.crt".into(), stack.ca_pem().to_owned()),
     ]);
-    let settings = IncomingSettings::resolve("intake", &spec, support::sources(&secrets)).unwrap();
+    let settings = mailroom::resolve::incoming_settings(
+        &mailroom_core::vocab::ResourceId::new("bench", "intake"),
+        &spec,
+        support::sources(&secrets),
+    )
+    .unwrap();
 
     if floor {
         // The disk's own floor for one-file-per-ticket: the same write protocol
@@ -221,7 +225,7 @@ async fn run(stack: &Stack, messages: &[String], floor: bool) -> Vec<tempfile::T
                 chunk
                     .iter()
                     .map(|m| {
-                        mailroom::ticket::map(
+                        mailroom_core::ticket::map(
                             m.as_bytes(),
                             &settings.ticket,
                             jiff::Timestamp::now(),
@@ -260,7 +264,7 @@ async fn run(stack: &Stack, messages: &[String], floor: bool) -> Vec<tempfile::T
         ),
     ] {
         let mut settings = settings.clone();
-        settings.server.credentials = mailroom::config::Credentials::Basic {
+        settings.server.credentials = mailroom_core::config::Credentials::Basic {
             username: mailbox.address.clone(),
             password: mailbox.password.clone().into(),
         };
@@ -295,19 +299,29 @@ async fn run(stack: &Stack, messages: &[String], floor: bool) -> Vec<tempfile::T
             }
         });
         let began = Instant::now();
-        let handle = Worker::spawn(settings, sink, store, tx, WorkerOptions::default());
+        let stats = Arc::new(WorkerStats::default());
+        let observer = Counted {
+            stats: stats.clone(),
+            inner: tx,
+        };
+        let handle = Worker::spawn(
+            settings,
+            sink,
+            store,
+            Arc::new(observer),
+            WorkerOptions::default(),
+        );
         if tokio::time::timeout(Duration::from_secs(300), done)
             .await
             .is_err()
         {
             panic!(
                 "stalled at {} tickets\n{}",
-                handle.stats.tickets_created.load(Ordering::Relaxed),
+                stats.tickets_created.load(Ordering::Relaxed),
                 stack.log_tail()
             );
         }
         let secs = began.elapsed().as_secs_f64();
-        let stats = handle.stats.clone();
         handle.stop().await;
         assert_eq!(
             stats.tickets_created.load(Ordering::Relaxed),

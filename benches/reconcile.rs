@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailroom::api::validation::ManifestValidator;
-use mailroom::incoming::worker::WorkerOptions;
-use mailroom::outgoing::Outbox;
 use mailroom::standalone::manifests::load_dir;
 use mailroom::standalone::supervisor::{Paths, Supervisor};
+use mailroom_core::incoming::worker::WorkerOptions;
+use mailroom_core::outgoing::Outbox;
 use testbed::{Options, Stack};
 
 fn manifest(stack: &Stack, address: &str, password: &str, category: usize) -> String {

@@ -11,10 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use mailroom::incoming::IncomingSettings;
-use mailroom::incoming::worker::{Scanning, Worker, WorkerEvent, WorkerOptions};
-use mailroom::sinks::{DirectorySink, Sink};
-use mailroom::state::FileCursorStore;
+use mailroom_core::incoming::worker::{Scanning, Worker, WorkerEvent, WorkerOptions};
+use mailroom_core::sinks::{DirectorySink, Sink};
+use mailroom_core::state::FileCursorStore;
 use support::Secrets;
 use testbed::{Options, Stack};
 
@@ -79,8 +78,12 @@ async fn main() {
             ("mail".into(), "password".into(), user.password.clone()),
             ("ca".into(), "ca.crt".into(), stack.ca_pem().to_owned()),
         ]);
-        let settings =
-            IncomingSettings::resolve(&format!("m{i}"), &spec, support::sources(&secrets)).unwrap();
+        let settings = mailroom::resolve::incoming_settings(
+            &mailroom_core::vocab::ResourceId::new("bench", format!("m{i}")),
+            &spec,
+            support::sources(&secrets),
+        )
+        .unwrap();
         let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
         let counter = idle.clone();
         tokio::spawn(async move {
@@ -94,7 +97,7 @@ async fn main() {
             settings,
             sink.clone(),
             store.clone(),
-            tx,
+            Arc::new(tx),
             WorkerOptions::default(),
         ));
     }

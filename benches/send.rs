@@ -12,10 +12,9 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use lettre::Address;
-use mailroom::connection::Probe;
-use mailroom::outgoing::{
-    DEFAULT_POOL_SIZE, Identity, Outbox, Outcome, OutgoingMessage, OutgoingServer,
-    OutgoingSettings, SendStats, smtp,
+use mailroom_core::connection::Probe;
+use mailroom_core::outgoing::{
+    DEFAULT_POOL_SIZE, Identity, Outbox, Outcome, OutgoingMessage, OutgoingServer, SendStats, smtp,
 };
 use testbed::{Options, Stack};
 
@@ -57,7 +56,7 @@ async fn main() {
     ]);
     // Accepted and discarded: delivery into Dovecot would compete for the CPU.
     let rcpt = format!("{}@mailroom.test", testbed::DISCARD);
-    let settings = OutgoingSettings::resolve(&spec, support::sources(&secrets)).unwrap();
+    let settings = mailroom::resolve::outgoing(&spec, support::sources(&secrets)).unwrap();
     let identity = Identity {
         email: sender.address.clone(),
         sender_name: Some("Bench".into()),
@@ -68,7 +67,7 @@ async fn main() {
         message(&rcpt, i)
             .build(
                 &identity,
-                &mailroom::outgoing::new_message_id("mailroom.test"),
+                &mailroom_core::outgoing::new_message_id("mailroom.test"),
             )
             .unwrap()
     };

@@ -1,19 +1,14 @@
 //! mailroom turns mailboxes into helpdesk tickets and sends helpdesk mail, declared
-//! as Kubernetes resources.
+//! as Kubernetes resources. The mail itself is `mailroom_core`'s; this crate holds
+//! the resource types, their resolution into core settings, the engine that runs
+//! them, and the two adapters (the controller and standalone mode).
 
 pub mod api;
-pub mod config;
-pub mod connection;
 pub mod controller;
-pub mod filter;
-pub mod incoming;
-pub mod oauth2;
-pub mod outgoing;
+pub mod engine;
+pub mod resolve;
 pub mod runtime;
 pub mod signals;
-pub mod sinks;
 pub mod standalone;
-pub mod state;
 pub mod status;
 pub mod submission;
-pub mod ticket;

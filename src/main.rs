@@ -9,9 +9,9 @@ use mailroom::api;
 use mailroom::api::validation::ManifestValidator;
 use mailroom::controller;
 use mailroom::controller::run::ControllerOptions;
-use mailroom::oauth2::{self, authorize};
 use mailroom::standalone::{self, RunOptions, check, table};
 use mailroom::submission::{DEFAULT_BIND, Tokens};
+use mailroom_core::oauth2::{self, authorize};
 use secrecy::SecretString;
 
 /// mailroom: mailboxes in, helpdesk tickets out, declared as Kubernetes resources.

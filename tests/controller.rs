@@ -16,15 +16,17 @@ use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector;
 use mailroom::api::{IncomingEmailServer, IncomingProtocol, OutgoingEmailServer, SecurityType};
 use mailroom::controller::leader::LeaseLock;
 use mailroom::controller::{
-    Context, ContextParts, FINALIZER, Names, TEST_ANNOTATION, reconcile_incoming,
+    Context, ContextParts, FINALIZER, StatusWork, TEST_ANNOTATION, reconcile_incoming,
     reconcile_outgoing, servers_referencing, trigger_hash,
 };
-use mailroom::incoming::worker::WorkerOptions;
+use mailroom::engine::Names;
 use mailroom::runtime::Runtime;
+use mailroom_core::incoming::worker::WorkerOptions;
+use mailroom_core::vocab::ResourceId;
 use serde_json::{Value, json};
 use testbed::{Stack, User};
 use tokio::sync::mpsc;
@@ -153,7 +155,8 @@ fn object(stack: &Stack, user: &User, uid: &str) -> IncomingEmailServer {
 struct Harness {
     api: FakeApi,
     ctx: Arc<Context>,
-    triggers: mpsc::UnboundedReceiver<ObjectRef<IncomingEmailServer>>,
+    /// Status-only writes the runtimes ask for.
+    triggers: mpsc::UnboundedReceiver<StatusWork>,
     _tickets: tempfile::TempDir,
 }
 
@@ -179,8 +182,8 @@ fn harness(
     for o in outgoing {
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(o.clone()));
     }
-    let (incoming_trigger, triggers) = mpsc::unbounded_channel();
-    let (outgoing_trigger, _) = mpsc::unbounded_channel();
+    let (incoming_trigger, _) = mpsc::unbounded_channel();
+    let (status_trigger, triggers) = mpsc::unbounded_channel();
     let tickets = tempfile::tempdir().unwrap();
     let ctx = Arc::new(Context::new(ContextParts {
         client: client.clone(),
@@ -191,11 +194,11 @@ fn harness(
                 instance: None,
             },
         ),
-        outbox: Arc::new(mailroom::outgoing::Outbox::new()),
+        outbox: Arc::new(mailroom_core::outgoing::Outbox::new()),
         incoming_store,
         outgoing_store,
         incoming_trigger,
-        outgoing_trigger,
+        status_trigger,
         default_sink: Some(tickets.path().to_owned()),
         options: WorkerOptions {
             backoff_base: Duration::from_millis(50),
@@ -212,11 +215,11 @@ fn harness(
 }
 
 impl Harness {
-    /// Waits for the runtime to ask for a reconcile (its health changed).
+    /// Waits for the runtime to ask for a status write (its health changed).
     async fn triggered(&mut self) {
         tokio::time::timeout(Duration::from_secs(20), self.triggers.recv())
             .await
-            .expect("the runtime asked for a reconcile")
+            .expect("the runtime asked for a status write")
             .unwrap();
     }
 
@@ -304,10 +307,10 @@ async fn success_reads_the_secret_writes_ready_by_apply_and_then_nothing() {
     assert_eq!(status["observedGeneration"], 3);
     // The same function standalone mode uses computed it.
     {
-        let running = h.ctx.incoming.lock().await;
-        let r = running.get("uid-ok").unwrap();
+        let engine = h.ctx.engine.lock().await;
+        let r = engine.incoming(&ResourceId::new(NS, "support")).unwrap();
         let now = jiff::Timestamp::now();
-        let again = r.runtime.status(Some(3), &[], now, now);
+        let again = r.status(Some(3), &[], now, now);
         let types = |c: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
             c.iter()
                 .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
@@ -394,7 +397,10 @@ async fn success_reads_the_secret_writes_ready_by_apply_and_then_nothing() {
         })
         .expect("finalizer removed");
     assert!(fin.body.to_string().contains("remove"), "{}", fin.body);
-    assert!(h.ctx.incoming.lock().await.is_empty(), "the worker is gone");
+    assert!(
+        h.ctx.engine.lock().await.incoming_ids().is_empty(),
+        "the worker is gone"
+    );
 }
 
 #[tokio::test]
@@ -416,7 +422,7 @@ async fn a_new_object_gets_the_finalizer_before_anything_else() {
         seen[0].body
     );
     assert!(
-        h.ctx.incoming.lock().await.is_empty(),
+        h.ctx.engine.lock().await.incoming_ids().is_empty(),
         "no worker before the finalizer is on"
     );
 }
@@ -646,10 +652,10 @@ async fn an_outgoing_server_is_tested_against_postfix_and_two_primaries_conflict
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let done = {
-            let running = h.ctx.outgoing.lock().await;
-            running
-                .get("uid-out")
-                .is_some_and(|r| r.runtime.shared.lock().report.is_some())
+            let engine = h.ctx.engine.lock().await;
+            engine
+                .outgoing(&ResourceId::new(NS, "helpdesk"))
+                .is_some_and(|r| r.shared.lock().report.is_some())
         };
         if done {
             break;
@@ -682,7 +688,13 @@ async fn an_outgoing_server_is_tested_against_postfix_and_two_primaries_conflict
         "{conflict}"
     );
     assert!(
-        h.ctx.outbox.get(NS, "helpdesk").is_some(),
+        h.ctx
+            .engine
+            .lock()
+            .await
+            .outbox()
+            .get(NS, "helpdesk")
+            .is_some(),
         "registered for sending"
     );
 }
@@ -894,7 +906,7 @@ async fn a_rotated_refresh_token_goes_back_into_the_secret_and_restarts_nothing(
 
 #[tokio::test]
 async fn a_write_back_never_overwrites_a_token_changed_meanwhile() {
-    use mailroom::oauth2::WriteBack;
+    use mailroom_core::oauth2::WriteBack;
     use secrecy::SecretString;
     let api = FakeApi::default();
     api.secrets.lock().unwrap().insert(

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use mail_parser::MessageParser;
-use mailroom::api::{FilterType, IncomingFilter, RecipientFilter};
-use mailroom::filter::{Filter, Judge, LoopProtection, MessageFacts, RateLimit, Verdict};
+use mailroom::api::{FilterType, IncomingFilter};
+use mailroom_core::filter::{Filter, Judge, LoopProtection, MessageFacts, RateLimit, Verdict};
 use proptest::prelude::*;
 
 fn facts(raw: &str) -> MessageFacts {
@@ -38,7 +38,7 @@ fn filter(
 
 fn judge(f: Option<&IncomingFilter>, m: &MessageFacts) -> Verdict {
     Judge {
-        filter: Filter::incoming(f),
+        filter: f.map(|f| Filter::compile(f.type_, &f.emails, &f.domains, &f.keywords)),
         loops: LoopProtection::new(&["helpdesk@mailroom.test".into()], RateLimit::default()),
     }
     .judge(m, Instant::now())
@@ -322,21 +322,16 @@ fn the_rate_limit_stops_a_loop_that_slips_through() {
 
 #[test]
 fn outgoing_recipients_are_judged_one_by_one() {
-    let allow = Filter::recipients(Some(&RecipientFilter {
-        type_: Allow,
-        emails: vec!["boss@partner.example".into()],
-        domains: vec!["*.company.com".into()],
-    }))
-    .unwrap();
+    let allow = Filter::compile(
+        Allow,
+        &["boss@partner.example".into()],
+        &["*.company.com".into()],
+        &[],
+    );
     assert_eq!(allow.judge_recipient("a@eu.company.com").rule, "domains[0]");
     assert!(allow.judge_recipient("Boss@Partner.example").accepted);
     assert!(!allow.judge_recipient("x@gmail.com").accepted);
-    let ignore = Filter::recipients(Some(&RecipientFilter {
-        type_: Ignore,
-        emails: vec![],
-        domains: vec!["gmail.com".into()],
-    }))
-    .unwrap();
+    let ignore = Filter::compile(Ignore, &[], &["gmail.com".into()], &[]);
     assert!(!ignore.judge_recipient("x@gmail.com").accepted);
     assert!(ignore.judge_recipient("x@company.com").accepted);
 }

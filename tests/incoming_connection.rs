@@ -5,8 +5,8 @@
 mod support;
 
 use mailroom::api::{AuthSpec, ConnectionStage, IncomingProtocol, Provider, SecurityType};
-use mailroom::connection::Reason;
-use mailroom::incoming::{IncomingSettings, test_connection};
+use mailroom_core::connection::Reason;
+use mailroom_core::incoming::test_connection;
 use support::*;
 use testbed::Stack;
 
@@ -192,9 +192,12 @@ async fn closed_port_is_connection_refused_and_missing_secret_is_named() {
             ..AuthSpec::default()
         },
     );
-    let failure =
-        IncomingSettings::resolve("support", &spec, support::sources("helpdesk", &secrets))
-            .unwrap_err();
+    let failure = mailroom::resolve::incoming_settings(
+        &mailroom_core::vocab::ResourceId::new("helpdesk", "support"),
+        &spec,
+        support::sources("helpdesk", &secrets),
+    )
+    .unwrap_err();
     assert_eq!(failure.reason, Reason::SecretNotFound);
     assert!(
         failure.message.contains("app-password"),

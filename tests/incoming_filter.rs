@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 use mailroom::api::{
     AfterProcessing, FilterType, IncomingFilter, IncomingProtocol, Mode, SecurityType,
 };
-use mailroom::incoming::IncomingSettings;
-use mailroom::incoming::worker::{Worker, WorkerEvent, WorkerHandle, WorkerOptions};
-use mailroom::sinks::{DirectorySink, Sink};
-use mailroom::state::{CursorStore, FileCursorStore};
+use mailroom_core::incoming::IncomingSettings;
+use mailroom_core::incoming::worker::{
+    Counted, Worker, WorkerEvent, WorkerHandle, WorkerOptions, WorkerStats,
+};
+use mailroom_core::sinks::{DirectorySink, Sink};
+use mailroom_core::state::{CursorStore, FileCursorStore};
 use support::*;
 use testbed::{Stack, User};
 use tokio::sync::mpsc;
@@ -86,6 +88,8 @@ fn settings(
 struct Run {
     handle: WorkerHandle,
     events: mpsc::UnboundedReceiver<WorkerEvent>,
+    /// Counters folded from the worker's events, as a runtime keeps them.
+    stats: Arc<WorkerStats>,
 }
 
 async fn judged(run: &mut Run, n: usize) -> BTreeMap<String, (bool, String, bool)> {
@@ -115,9 +119,15 @@ async fn judged(run: &mut Run, n: usize) -> BTreeMap<String, (bool, String, bool
 fn start(s: IncomingSettings, tickets: &std::path::Path, store: Arc<dyn CursorStore>) -> Run {
     let (tx, events) = mpsc::unbounded_channel();
     let sink = Arc::new(Sink::Directory(DirectorySink::open(tickets).unwrap()));
+    let stats = Arc::new(WorkerStats::default());
+    let observer = Arc::new(Counted {
+        stats: stats.clone(),
+        inner: tx,
+    });
     Run {
-        handle: Worker::spawn(s, sink, store, tx, WorkerOptions::default()),
+        handle: Worker::spawn(s, sink, store, observer, WorkerOptions::default()),
         events,
+        stats,
     }
 }
 
@@ -148,7 +158,7 @@ async fn dry_run_reports_every_verdict_and_touches_nothing_then_active_applies_t
         store.clone(),
     );
     let verdicts = judged(&mut run, messages.len()).await;
-    let stats = run.handle.stats.clone();
+    let stats = run.stats.clone();
     run.handle.stop().await;
     for (id, (accepted, rule)) in expected() {
         let (got_accepted, got_rule, dry) = verdicts
@@ -224,7 +234,7 @@ async fn dry_run_reports_every_verdict_and_touches_nothing_then_active_applies_t
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let stats = run.handle.stats.clone();
+    let stats = run.stats.clone();
     run.handle.stop().await;
     assert_eq!(
         ticket_count(&out.path().join("tickets")),

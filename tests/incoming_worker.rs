@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use mailroom::api::{AfterProcessing, IncomingProtocol, SecurityType};
-use mailroom::incoming::IncomingSettings;
-use mailroom::incoming::worker::{Scanning, Worker, WorkerEvent, WorkerHandle, WorkerOptions};
-use mailroom::sinks::{DirectorySink, Sink, WebhookSink};
-use mailroom::state::{CursorStore, FileCursorStore};
-use mailroom::ticket::Ticket;
+use mailroom_core::incoming::IncomingSettings;
+use mailroom_core::incoming::worker::{
+    Counted, Scanning, Worker, WorkerEvent, WorkerHandle, WorkerOptions, WorkerStats,
+};
+use mailroom_core::sinks::{DirectorySink, Sink, WebhookSink};
+use mailroom_core::state::{CursorStore, FileCursorStore};
+use mailroom_core::ticket::Ticket;
 use sha2::Sha256;
 use support::*;
 use testbed::{Stack, User};
@@ -40,6 +42,8 @@ const MULTIPART: &str = "From: \"Ann Example\" <ann@company.com>\r\nTo: support@
 struct Run {
     handle: WorkerHandle,
     events: mpsc::UnboundedReceiver<WorkerEvent>,
+    /// Counters folded from the worker's events, as a runtime keeps them.
+    stats: Arc<WorkerStats>,
 }
 
 fn start(
@@ -49,9 +53,15 @@ fn start(
     options: WorkerOptions,
 ) -> Run {
     let (tx, events) = mpsc::unbounded_channel();
+    let stats = Arc::new(WorkerStats::default());
+    let observer = Arc::new(Counted {
+        stats: stats.clone(),
+        inner: tx,
+    });
     Run {
-        handle: Worker::spawn(settings, Arc::new(sink), store, tx, options),
+        handle: Worker::spawn(settings, Arc::new(sink), store, observer, options),
         events,
+        stats,
     }
 }
 
@@ -308,7 +318,7 @@ async fn a_restart_fetches_only_new_mail_and_duplicates_nothing() {
             .unwrap();
         let run = start(s, dir_sink(&out.path().join("t")), store, fast());
         wait_tickets(&out.path().join("t"), 5).await;
-        let stats = run.handle.stats.clone();
+        let stats = run.stats.clone();
         run.handle.stop().await;
         assert_eq!(tickets(&out.path().join("t")).len(), 5, "{protocol:?}");
         assert_eq!(
@@ -345,7 +355,7 @@ async fn a_uidvalidity_change_neither_loses_nor_floods() {
 
     let run = start(s, dir_sink(&out.path().join("t")), store.clone(), fast());
     wait_tickets(&out.path().join("t"), 4).await;
-    let stats = run.handle.stats.clone();
+    let stats = run.stats.clone();
     run.handle.stop().await;
     // Only the unseen message was taken, not the three already processed.
     assert_eq!(stats.fetched.load(std::sync::atomic::Ordering::Relaxed), 1);
@@ -675,7 +685,7 @@ async fn first_start_takes_unseen_mail_and_never_read_mail_later() {
     stack.deliver(&user.address, &[message(4)]).unwrap();
     let run = start(s, dir_sink(&out.path().join("t")), store, fast());
     wait_tickets(&out.path().join("t"), 3).await;
-    let stats = run.handle.stats.clone();
+    let stats = run.stats.clone();
     run.handle.stop().await;
     assert_eq!(
         stats.fetched.load(std::sync::atomic::Ordering::Relaxed),

@@ -187,7 +187,7 @@ fn unknown_kinds_are_named() {
 
 #[test]
 fn the_local_example_folder_loads_without_problems() {
-    use mailroom::config::SecretSource;
+    use mailroom::resolve::SecretSource;
     use mailroom::standalone::manifests::load_dir;
     let validator = ManifestValidator::new().unwrap();
     let snapshot = load_dir(&root().join("examples/local"), &validator).unwrap();

@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 use mailroom::api::{
     IncomingEmailServerSpec, IncomingProtocol, OutgoingEmailServerSpec, SecurityType,
 };
-use mailroom::config::Sources;
-use mailroom::connection::Reason;
-use mailroom::incoming::IncomingSettings;
-use mailroom::incoming::worker::{Worker, WorkerEvent, WorkerOptions};
-use mailroom::oauth2::Tokens;
-use mailroom::outgoing::{OutgoingSettings, smtp};
-use mailroom::sinks::{DirectorySink, Sink};
-use mailroom::state::FileCursorStore;
+use mailroom::resolve::Sources;
+use mailroom_core::connection::Reason;
+use mailroom_core::incoming::IncomingSettings;
+use mailroom_core::incoming::worker::{Worker, WorkerEvent, WorkerOptions};
+use mailroom_core::oauth2::Tokens;
+use mailroom_core::outgoing::{OutgoingSettings, smtp};
+use mailroom_core::sinks::{DirectorySink, Sink};
+use mailroom_core::state::FileCursorStore;
 use support::Secrets;
 use testbed::oauth::ClientOptions;
 use testbed::{Stack, User};
@@ -81,7 +81,12 @@ fn incoming_named(
 ) -> IncomingSettings {
     let (mut spec, _) = support::incoming_spec(stack, user, protocol, SecurityType::Ssl);
     spec.auth = serde_json::from_value(named_auth(stack, secret)).unwrap();
-    IncomingSettings::resolve("support", &spec, sources(secrets, tokens)).unwrap()
+    mailroom::resolve::incoming_settings(
+        &mailroom_core::vocab::ResourceId::new("helpdesk", "support"),
+        &spec,
+        sources(secrets, tokens),
+    )
+    .unwrap()
 }
 
 fn outgoing(
@@ -101,10 +106,10 @@ fn outgoing(
         "tls": {"caSecretRef": {"name": "ca", "key": "ca.crt"}},
     }))
     .unwrap();
-    OutgoingSettings::resolve(&spec, sources(secrets, tokens)).unwrap()
+    mailroom::resolve::outgoing(&spec, sources(secrets, tokens)).unwrap()
 }
 
-fn token_info(settings: &IncomingSettings) -> mailroom::oauth2::TokenInfo {
+fn token_info(settings: &IncomingSettings) -> mailroom_core::oauth2::TokenInfo {
     settings
         .server
         .credentials
@@ -128,7 +133,7 @@ async fn imap_pop3_and_smtp_sign_in_with_one_refreshed_token() {
     let imap = incoming(stack, &user, IncomingProtocol::Imap, &secrets, &tokens);
     let pop3 = incoming(stack, &user, IncomingProtocol::Pop3, &secrets, &tokens);
     for settings in [&imap, &pop3] {
-        let report = mailroom::incoming::test_connection(settings).await;
+        let report = mailroom_core::incoming::test_connection(settings).await;
         assert_eq!(report.reason, Reason::Connected, "{report:?}");
     }
     let ports = stack.ports();
@@ -183,7 +188,7 @@ async fn a_token_is_renewed_before_it_expires_and_reused_until_then() {
     let tokens = Tokens::default();
     let imap = incoming(stack, &user, IncomingProtocol::Imap, &secrets, &tokens);
     let connect = || async {
-        let report = mailroom::incoming::test_connection(&imap).await;
+        let report = mailroom_core::incoming::test_connection(&imap).await;
         assert_eq!(report.reason, Reason::Connected, "{report:?}");
     };
     connect().await;
@@ -213,12 +218,12 @@ async fn a_token_the_server_refuses_is_refreshed_once_and_the_sign_in_goes_throu
     let secrets = grant_secrets(stack, &client, &oauth.grant(&client.0, &user.address));
     let tokens = Tokens::default();
     let pop3 = incoming(stack, &user, IncomingProtocol::Pop3, &secrets, &tokens);
-    let report = mailroom::incoming::test_connection(&pop3).await;
+    let report = mailroom_core::incoming::test_connection(&pop3).await;
     assert_eq!(report.reason, Reason::Connected, "{report:?}");
 
     // The provider ends the session early: the cached token is now refused.
     oauth.revoke_access_tokens(&client.0);
-    let report = mailroom::incoming::test_connection(&pop3).await;
+    let report = mailroom_core::incoming::test_connection(&pop3).await;
     assert_eq!(report.reason, Reason::Connected, "{report:?}");
     assert_eq!(oauth.stats(&client.0).refreshes, 2);
 }
@@ -267,7 +272,7 @@ async fn a_revoked_grant_asks_for_re_consent_without_a_refresh_loop_and_spares_t
         ));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         (
-            Worker::spawn(settings, sink, store, tx, options.clone()),
+            Worker::spawn(settings, sink, store, Arc::new(tx), options.clone()),
             rx,
         )
     };
@@ -344,7 +349,7 @@ async fn a_revoked_grant_asks_for_re_consent_without_a_refresh_loop_and_spares_t
         &reconsented,
         &tokens,
     );
-    let report = mailroom::incoming::test_connection(&settings).await;
+    let report = mailroom_core::incoming::test_connection(&settings).await;
     assert_eq!(report.reason, Reason::Connected, "{report:?}");
 }
 
@@ -650,7 +655,7 @@ async fn servers_without_oauthbearer_get_xoauth2() {
     let tokens = Tokens::default();
     for protocol in [IncomingProtocol::Imap, IncomingProtocol::Pop3] {
         let settings = incoming(&stack, &user, protocol, &secrets, &tokens);
-        let report = mailroom::incoming::test_connection(&settings).await;
+        let report = mailroom_core::incoming::test_connection(&settings).await;
         assert_eq!(report.reason, Reason::Connected, "{protocol:?}: {report:?}");
         assert!(
             !report

@@ -11,15 +11,15 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use mail_parser::{MessageParser, MimeHeaders};
-use mailroom::api::{AcknowledgementSpec, OutgoingEmailServerSpec, SecurityType};
-use mailroom::connection::Reason;
-use mailroom::outgoing::ack::Acknowledger;
-use mailroom::outgoing::message::OutgoingAttachment;
-use mailroom::outgoing::{
+use mailroom::api::{OutgoingEmailServerSpec, SecurityType};
+use mailroom::submission::{self, Tokens};
+use mailroom_core::connection::Reason;
+use mailroom_core::outgoing::ack::{AckSettings, Acknowledger};
+use mailroom_core::outgoing::message::OutgoingAttachment;
+use mailroom_core::outgoing::{
     DEFAULT_POOL_SIZE, Outbox, Outcome, OutgoingMessage, OutgoingServer, OutgoingSettings,
     SendStats, smtp,
 };
-use mailroom::submission::{self, Tokens};
 use support::{Recorder, Secrets};
 use testbed::{Stack, User};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,7 +51,7 @@ fn spec(
 }
 
 fn settings(spec: &OutgoingEmailServerSpec, secrets: &Secrets) -> OutgoingSettings {
-    OutgoingSettings::resolve(spec, support::sources(NS, secrets)).unwrap()
+    mailroom::resolve::outgoing(spec, support::sources(NS, secrets)).unwrap()
 }
 
 fn server(name: &str, settings: OutgoingSettings) -> OutgoingServer {
@@ -518,9 +518,9 @@ fn request(i: u32, requester: &str, extra: &str) -> String {
 #[tokio::test]
 async fn acknowledgements_are_sent_once_per_new_ticket_and_never_to_automatic_mail() {
     use mailroom::api::IncomingProtocol;
-    use mailroom::incoming::worker::{Worker, WorkerEvent, WorkerOptions};
-    use mailroom::sinks::{DirectorySink, Sink};
-    use mailroom::state::FileCursorStore;
+    use mailroom_core::incoming::worker::{Worker, WorkerEvent, WorkerOptions};
+    use mailroom_core::sinks::{DirectorySink, Sink};
+    use mailroom_core::state::FileCursorStore;
 
     let stack = Stack::shared();
     let mailbox = stack.create_user("acked").unwrap();
@@ -530,9 +530,13 @@ async fn acknowledgements_are_sent_once_per_new_ticket_and_never_to_automatic_ma
         outbox,
         NS,
         "support-out",
-        &AcknowledgementSpec {
-            enabled: true,
-            ..AcknowledgementSpec::default()
+        AckSettings {
+            subject: "Re: {subject}".into(),
+            text: "Thank you for your message.".into(),
+            limit: mailroom_core::filter::RateLimit {
+                max: 3,
+                window: std::time::Duration::from_secs(3600),
+            },
         },
     ));
     let (ispec, isecrets) =
@@ -545,7 +549,7 @@ async fn acknowledgements_are_sent_once_per_new_ticket_and_never_to_automatic_ma
             DirectorySink::open(out.path().join("t")).unwrap(),
         )),
         Arc::new(FileCursorStore::new(out.path().join("state"))),
-        tx,
+        Arc::new(tx),
         WorkerOptions {
             on_ticket: Some(ack),
             ..WorkerOptions::default()

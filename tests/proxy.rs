@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailroom::api::{ConnectionStage, IncomingProtocol, OutgoingEmailServerSpec, SecurityType};
-use mailroom::connection::Reason;
-use mailroom::incoming::worker::{Scanning, Worker, WorkerEvent, WorkerOptions};
-use mailroom::outgoing::{OutgoingSettings, smtp};
-use mailroom::sinks::{DirectorySink, Sink};
-use mailroom::state::FileCursorStore;
+use mailroom_core::connection::Reason;
+use mailroom_core::incoming::worker::{Scanning, Worker, WorkerEvent, WorkerOptions};
+use mailroom_core::outgoing::{OutgoingSettings, smtp};
+use mailroom_core::sinks::{DirectorySink, Sink};
+use mailroom_core::state::FileCursorStore;
 use support::Secrets;
 use testbed::Stack;
 use testbed::proxy::{Proxy, SOCKS_USER};
@@ -40,12 +40,12 @@ async fn incoming_test(
     protocol: IncomingProtocol,
     url: &str,
     credentials: Option<(&str, &str)>,
-) -> mailroom::connection::ConnectionReport {
+) -> mailroom_core::connection::ConnectionReport {
     let user = stack.create_user("proxied").unwrap();
     let (mut spec, secrets) = support::incoming_spec(stack, &user, protocol, SecurityType::Ssl);
     let (proxy, secrets) = with_proxy(secrets, url, credentials);
     spec.proxy = Some(serde_json::from_value(proxy).unwrap());
-    mailroom::incoming::test_connection(&support::resolve(&spec, &secrets)).await
+    mailroom_core::incoming::test_connection(&support::resolve(&spec, &secrets)).await
 }
 
 fn outgoing_settings(
@@ -66,10 +66,10 @@ fn outgoing_settings(
         "proxy": proxy,
     }))
     .unwrap();
-    OutgoingSettings::resolve(&spec, support::sources("helpdesk", &secrets)).unwrap()
+    mailroom::resolve::outgoing(&spec, support::sources("helpdesk", &secrets)).unwrap()
 }
 
-fn went_through(report: &mailroom::connection::ConnectionReport) -> bool {
+fn went_through(report: &mailroom_core::connection::ConnectionReport) -> bool {
     report
         .stages
         .iter()
@@ -192,7 +192,7 @@ async fn a_proxy_killed_mid_idle_is_survived_and_nothing_is_lost() {
             DirectorySink::open(out.path().join("t")).unwrap(),
         )),
         Arc::new(FileCursorStore::new(out.path().join("state"))),
-        tx,
+        Arc::new(tx),
         WorkerOptions {
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_millis(500),

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailroom::api::{IncomingProtocol, SecurityType};
-use mailroom::incoming::worker::WorkerOptions;
-use mailroom::outgoing::Outbox;
 use mailroom::runtime::{IncomingInputs, IncomingRuntime, Runtime};
-use mailroom::state::FileCursorStore;
+use mailroom_core::incoming::worker::WorkerOptions;
+use mailroom_core::outgoing::Outbox;
+use mailroom_core::state::FileCursorStore;
 use support::WebhookReceiver;
 use testbed::Stack;
 
@@ -56,8 +56,7 @@ async fn a_refusing_sink_shows_as_sink_unavailable_until_it_takes_the_ticket() {
     );
     let out = tempfile::tempdir().unwrap();
     let mut runtime = IncomingRuntime::start(IncomingInputs {
-        namespace: "helpdesk",
-        name: "support",
+        id: &mailroom_core::vocab::ResourceId::new("helpdesk", "support"),
         spec: &spec,
         secrets: &secrets,
         config_maps: &support::Secrets::default(),
@@ -72,6 +71,7 @@ async fn a_refusing_sink_shows_as_sink_unavailable_until_it_takes_the_ticket() {
             ..WorkerOptions::default()
         },
         on_change: None,
+        counters: Default::default(),
     });
     wait_for(&runtime, ("False", "SinkUnavailable")).await;
     let now = jiff::Timestamp::now();

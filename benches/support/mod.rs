@@ -2,8 +2,8 @@
 
 use std::sync::LazyLock;
 
-use mailroom::config::{SecretError, SecretSource, Sources};
-use mailroom::oauth2::Tokens;
+use mailroom::resolve::{SecretError, SecretSource, Sources};
+use mailroom_core::oauth2::Tokens;
 
 /// Secret values in memory: (name, key, value).
 pub struct Secrets(pub Vec<(String, String, String)>);

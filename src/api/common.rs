@@ -4,6 +4,8 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use mailroom_core::vocab::AuthType;
+
 /// A Kubernetes object name (DNS subdomain, RFC 1123).
 pub(crate) const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$";
 /// A host name or IP literal: no scheme, no port, no path.
@@ -42,39 +44,6 @@ pub struct LocalObjectRef {
     /// Name of the referenced object, in the same namespace as this resource.
     #[schemars(length(min = 1, max = 253), pattern(NAME_PATTERN))]
     pub name: String,
-}
-
-/// How the connection is encrypted. SSL is implicit TLS from the first byte
-/// (IMAPS 993, POP3S 995, SMTPS 465). TLS is STARTTLS on the plain port (IMAP 143,
-/// POP3 110, SMTP submission 587); it is required, so a server that does not offer
-/// STARTTLS fails the connection test and nothing is ever sent in clear.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum SecurityType {
-    #[serde(rename = "SSL")]
-    Ssl,
-    #[serde(rename = "TLS")]
-    Tls,
-}
-
-/// The mail provider. A preset (Gmail, Microsoft365) fills in `server` from the
-/// protocol; Other requires `server`. Microsoft365 accepts OAuth2 only, since
-/// Microsoft has turned Basic authentication off.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum Provider {
-    Gmail,
-    Microsoft365,
-    #[default]
-    Other,
-}
-
-/// How mailroom signs in. Basic is a username and password (for Gmail: a
-/// 16-character App Password, which needs 2-Step Verification). OAuth2 is SASL
-/// XOAUTH2/OAUTHBEARER with an access token refreshed from a refresh token.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum AuthType {
-    #[default]
-    Basic,
-    OAuth2,
 }
 
 fn default_client_id_key() -> String {
@@ -175,13 +144,4 @@ pub struct TlsSpec {
     /// to anyone in the path, and a warning condition says so while it is set.
     #[serde(default)]
     pub insecure_skip_verify: bool,
-}
-
-/// Filter Type. Allow accepts only what matches an entry (all else is blocked);
-/// Ignore silently discards what matches (all else is allowed). A rejection is
-/// still recorded in status, events and metrics; "silently" means no bounce.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum FilterType {
-    Allow,
-    Ignore,
 }

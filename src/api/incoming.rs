@@ -6,43 +6,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    AuthSpec, FilterType, HOST_PATTERN, LocalObjectRef, Provider, ProxySpec, SINGLE_LINE_PATTERN,
-    SecretKeyRef, SecurityType, TlsSpec,
+    AuthSpec, HOST_PATTERN, LocalObjectRef, ProxySpec, SINGLE_LINE_PATTERN, SecretKeyRef, TlsSpec,
 };
 use super::status::IncomingEmailServerStatus;
-
-/// Protocol used to read the mailbox. The protocol must be enabled on the account
-/// (Gmail: Settings > See all settings > Forwarding and POP/IMAP).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum IncomingProtocol {
-    #[default]
-    #[serde(rename = "IMAP")]
-    Imap,
-    #[serde(rename = "POP3")]
-    Pop3,
-}
-
-/// What happens to a message on the server once its ticket is durably accepted
-/// (or once it was rejected by the filter, which is judged only once). IMAP:
-/// MarkSeen (default), Move to `moveTo`, or Delete. POP3: Keep (default; the UIDL
-/// cursor prevents duplicates) or Delete.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum AfterProcessing {
-    MarkSeen,
-    Move,
-    Delete,
-    Keep,
-}
-
-/// Active creates tickets and applies afterProcessing. DryRun connects, fetches and
-/// judges every message, reports in status what would have become a ticket or been
-/// rejected, and touches nothing.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum Mode {
-    #[default]
-    Active,
-    DryRun,
-}
+use mailroom_core::vocab::{
+    AfterProcessing, FilterType, IncomingProtocol, Mode, Provider, SecurityType,
+};
 
 /// Sender filter for incoming mail. Entries of all lists are OR: a message matches
 /// when any one entry matches.

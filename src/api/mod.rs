@@ -12,6 +12,10 @@ use kube::CustomResourceExt;
 
 pub use common::*;
 pub use incoming::*;
+pub use mailroom_core::vocab::{
+    AfterProcessing, AuthType, ConnectionStage, FilterType, IncomingProtocol, Mode,
+    OutgoingProtocol, Provider, SecurityType, StageResult,
+};
 pub use outgoing::*;
 pub use status::*;
 

@@ -1,22 +1,13 @@
 //! The `OutgoingEmailServer` kind: an SMTP account that mailroom sends helpdesk mail through.
 
 use kube::{CustomResource, KubeSchema};
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    AuthType, FilterType, HOST_PATTERN, OAuth2Spec, Provider, ProxySpec, SINGLE_LINE_PATTERN,
-    SecretKeyRef, SecurityType, TlsSpec,
+    HOST_PATTERN, OAuth2Spec, ProxySpec, SINGLE_LINE_PATTERN, SecretKeyRef, TlsSpec,
 };
 use super::status::OutgoingEmailServerStatus;
-
-/// Protocol used to send. SMTP is the only one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum OutgoingProtocol {
-    #[default]
-    #[serde(rename = "SMTP")]
-    Smtp,
-}
+use mailroom_core::vocab::{AuthType, FilterType, OutgoingProtocol, Provider, SecurityType};
 
 /// Authentication Needed, Email Auth Type, Username and Password.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]

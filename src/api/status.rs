@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::SecurityType;
+use mailroom_core::vocab::{ConnectionStage, SecurityType, StageResult};
 
 /// Observed state of an IncomingEmailServer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -113,47 +113,6 @@ pub struct EffectiveSettings {
     /// What happens to processed mail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_processing: Option<String>,
-}
-
-/// Stages of the connection test, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum ConnectionStage {
-    /// Reading the password or token from its Secret.
-    Secret,
-    /// Resolving the server's (or the proxy's) name.
-    #[serde(rename = "DNS")]
-    Dns,
-    /// Opening the tunnel through the proxy.
-    Proxy,
-    /// Opening the TCP connection.
-    #[serde(rename = "TCP")]
-    Tcp,
-    /// The TLS handshake (implicit TLS, or after STARTTLS).
-    #[serde(rename = "TLS")]
-    Tls,
-    /// The server's greeting and capabilities.
-    Greeting,
-    /// Signing in.
-    Login,
-    /// IMAP SELECT of the mailbox, POP3 STAT, or SMTP EHLO after AUTH.
-    Mailbox,
-    /// Every stage passed.
-    Done,
-}
-
-/// One stage of the connection test.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct StageResult {
-    /// The stage.
-    pub stage: ConnectionStage,
-    /// Whether it passed.
-    pub ok: bool,
-    /// How long it took, in milliseconds.
-    pub latency_ms: i64,
-    /// What was learnt or what failed, without secrets.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
 }
 
 /// The server certificate seen during the connection test.

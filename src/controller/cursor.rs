@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 
-use crate::state::{Cursor, CursorStore, StateError, StoreFuture};
+use mailroom_core::state::{Cursor, CursorStore, StateError, StoreFuture};
 
 const KEY: &str = "cursor.json";
 

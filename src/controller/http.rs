@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 
 use super::Context;
-use crate::oauth2::TokenInfo;
 use crate::status::Health;
+use mailroom_core::oauth2::TokenInfo;
 
 /// What the endpoints report on.
 #[derive(Clone, Debug, Default)]
@@ -135,13 +135,17 @@ pub async fn render(contexts: &[Arc<Context>]) -> String {
     };
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     for ctx in contexts {
-        for r in ctx.incoming.lock().await.values() {
+        let engine = ctx.engine.lock().await;
+        for id in engine.incoming_ids() {
+            let Some(r) = engine.incoming(&id) else {
+                continue;
+            };
             let labels = format!(
                 "kind=\"IncomingEmailServer\",namespace=\"{}\",name=\"{}\"",
-                escape(&r.namespace),
-                escape(&r.name)
+                escape(&id.namespace),
+                escape(&id.name)
             );
-            if let Some(s) = r.runtime.stats() {
+            if let Some(s) = r.stats() {
                 for (i, v) in [
                     load(&s.fetched),
                     load(&s.tickets_created),
@@ -154,17 +158,20 @@ pub async fn render(contexts: &[Arc<Context>]) -> String {
                     families[i].3.push((labels.clone(), v));
                 }
             }
-            let ready = u64::from(r.runtime.shared.lock().health == Health::Connected);
-            oauth2(&mut families, &labels, r.runtime.oauth2());
+            let ready = u64::from(r.shared.lock().health == Health::Connected);
+            oauth2(&mut families, &labels, r.oauth2());
             families[8].3.push((labels, ready));
         }
-        for r in ctx.outgoing.lock().await.values() {
+        for id in engine.outgoing_ids() {
+            let Some(r) = engine.outgoing(&id) else {
+                continue;
+            };
             let labels = format!(
                 "kind=\"OutgoingEmailServer\",namespace=\"{}\",name=\"{}\"",
-                escape(&r.namespace),
-                escape(&r.name)
+                escape(&id.namespace),
+                escape(&id.name)
             );
-            let s = &r.runtime.stats;
+            let s = &r.stats;
             for (i, v) in [
                 load(&s.sent),
                 load(&s.blocked),
@@ -176,8 +183,8 @@ pub async fn render(contexts: &[Arc<Context>]) -> String {
             {
                 families[4 + i].3.push((labels.clone(), v));
             }
-            let ready = u64::from(r.runtime.shared.lock().health == Health::Connected);
-            oauth2(&mut families, &labels, r.runtime.oauth2());
+            let ready = u64::from(r.shared.lock().health == Health::Connected);
+            oauth2(&mut families, &labels, r.oauth2());
             families[8].3.push((labels, ready));
         }
     }

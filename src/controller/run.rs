@@ -25,9 +25,9 @@ use super::{
     servers_referencing, trigger_hash,
 };
 use crate::api::{IncomingEmailServer, OutgoingEmailServer};
-use crate::incoming::worker::WorkerOptions;
-use crate::outgoing::Outbox;
 use crate::submission::{self, ServiceAccounts, Tokens};
+use mailroom_core::incoming::worker::WorkerOptions;
+use mailroom_core::outgoing::Outbox;
 
 /// Reconciles running at once, per kind.
 const CONCURRENCY: u16 = 8;
@@ -253,7 +253,7 @@ where
     let (incoming_store, incoming_writer) = reflector::store();
     let (outgoing_store, outgoing_writer) = reflector::store();
     let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
-    let (outgoing_tx, outgoing_rx) = mpsc::unbounded_channel();
+    let (status_tx, status_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(Context::new(ContextParts {
         client: client.clone(),
         recorder,
@@ -261,10 +261,11 @@ where
         incoming_store: incoming_store.clone(),
         outgoing_store: outgoing_store.clone(),
         incoming_trigger: incoming_tx,
-        outgoing_trigger: outgoing_tx,
+        status_trigger: status_tx,
         default_sink,
         options: WorkerOptions::default(),
     }));
+    let status_writer = tokio::spawn(super::status::follow(ctx.clone(), status_rx));
     let config = ControllerConfig::default().concurrency(CONCURRENCY);
     let secrets = || {
         // Metadata only: Secret values are read in reconcile, never cached.
@@ -321,13 +322,13 @@ where
                     |o: &OutgoingEmailServer| Names::outgoing(&o.spec),
                 )
             })
-            .reconcile_on(stream_of::<ObjectRef<OutgoingEmailServer>>(outgoing_rx))
             .graceful_shutdown_on(shutdown())
             .run(reconcile_outgoing, error_policy, ctx.clone())
             .for_each(|_| async {})
     };
     let both = async move {
         tokio::join!(incoming, outgoing);
+        status_writer.abort();
     };
     (ctx, Box::pin(both))
 }

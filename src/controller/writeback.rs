@@ -11,7 +11,7 @@ use kube::api::{Api, PostParams};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::MANAGER;
-use crate::oauth2::{WriteBack, WriteBackError};
+use mailroom_core::oauth2::{WriteBack, WriteBackError};
 
 pub struct SecretUpdate {
     pub client: Client,

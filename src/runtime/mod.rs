@@ -6,16 +6,16 @@
 pub mod incoming;
 pub mod outgoing;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use sha2::{Digest, Sha256};
 
-use crate::config::Credentials;
-use crate::connection::ConnectionReport;
 use crate::status::Health;
 pub use incoming::{IncomingInputs, IncomingRuntime};
+use mailroom_core::config::Credentials;
+use mailroom_core::connection::ConnectionReport;
+use mailroom_core::incoming::worker::unpoisoned;
 pub use outgoing::OutgoingRuntime;
 
 /// Key/value data of a Secret or ConfigMap.
@@ -35,16 +35,16 @@ impl<'a> Lookup<'a> {
     }
 }
 
-impl crate::config::SecretSource for Lookup<'_> {
-    fn get(&self, name: &str, key: &str) -> Result<Vec<u8>, crate::config::SecretError> {
+impl crate::resolve::SecretSource for Lookup<'_> {
+    fn get(&self, name: &str, key: &str) -> Result<Vec<u8>, crate::resolve::SecretError> {
         let data = self.objects.and_then(|o| o.get(name)).ok_or_else(|| {
-            crate::config::SecretError::NotFound {
+            crate::resolve::SecretError::NotFound {
                 name: format!("{name}\" ({}", self.what),
             }
         })?;
         data.get(key)
             .cloned()
-            .ok_or_else(|| crate::config::SecretError::KeyMissing {
+            .ok_or_else(|| crate::resolve::SecretError::KeyMissing {
                 name: name.to_owned(),
                 key: key.to_owned(),
             })
@@ -108,7 +108,7 @@ impl Shared {
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+        unpoisoned(&self.live)
     }
 
     /// Applies `change`; tells the adapter when the health or the way of
@@ -126,94 +126,6 @@ impl Shared {
     }
 }
 
-/// A digest of everything a resource's configuration depends on: its kind and
-/// spec, the data of the Secrets and ConfigMaps (of its namespace, by name)
-/// that the spec names, and `extra`. Equal digests: nothing to restart.
-pub fn config_hash(
-    kind: &str,
-    spec: &serde_json::Value,
-    secrets: &BTreeMap<String, Data>,
-    config_maps: &BTreeMap<String, Data>,
-    extra: &[String],
-) -> [u8; 32] {
-    let mut names = BTreeSet::new();
-    collect_strings(spec, &mut names);
-    let mut h = Sha256::new();
-    h.update(kind.as_bytes());
-    h.update(spec.to_string().as_bytes());
-    for (what, objects) in [("Secret", secrets), ("ConfigMap", config_maps)] {
-        for name in &names {
-            if let Some(data) = objects.get(name) {
-                h.update(what.as_bytes());
-                h.update(name.as_bytes());
-                for (k, v) in data {
-                    h.update((k.len() as u64).to_le_bytes());
-                    h.update(k.as_bytes());
-                    h.update((v.len() as u64).to_le_bytes());
-                    h.update(v);
-                }
-            }
-        }
-    }
-    for e in extra {
-        h.update(e.as_bytes());
-        h.update([0]);
-    }
-    h.finalize().into()
-}
-
-/// Every string in a spec: the names it may reference are among them.
-pub fn collect_strings(v: &serde_json::Value, out: &mut BTreeSet<String>) {
-    match v {
-        serde_json::Value::String(s) => {
-            out.insert(s.clone());
-        }
-        serde_json::Value::Array(a) => a.iter().for_each(|v| collect_strings(v, out)),
-        serde_json::Value::Object(o) => o.values().for_each(|v| collect_strings(v, out)),
-        _ => {}
-    }
-}
-
 fn username(credentials: Option<&Credentials>) -> Option<String> {
     credentials.map(|c| c.username().to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_hash_follows_named_secrets_only() {
-        let spec =
-            serde_json::json!({"auth": {"passwordSecretRef": {"name": "mail", "key": "password"}}});
-        let secret = |v: &str| -> BTreeMap<String, Data> {
-            [(
-                "mail".to_owned(),
-                [("password".to_owned(), v.as_bytes().to_vec())].into(),
-            )]
-            .into()
-        };
-        let mut other = secret("a");
-        let base = config_hash("K", &spec, &secret("a"), &BTreeMap::new(), &[]);
-        assert_eq!(
-            base,
-            config_hash("K", &spec, &secret("a"), &BTreeMap::new(), &[])
-        );
-        assert_ne!(
-            base,
-            config_hash("K", &spec, &secret("b"), &BTreeMap::new(), &[])
-        );
-        other.insert("unrelated".into(), [("x".to_owned(), b"y".to_vec())].into());
-        assert_eq!(base, config_hash("K", &spec, &other, &BTreeMap::new(), &[]));
-        assert_ne!(
-            base,
-            config_hash(
-                "K",
-                &spec,
-                &secret("a"),
-                &BTreeMap::new(),
-                &["own@x.y".into()]
-            )
-        );
-    }
 }

@@ -8,11 +8,13 @@ use tokio::task::JoinHandle;
 
 use super::{OnChange, Shared, username};
 use crate::api::{EffectiveSettings, OutgoingEmailServerSpec, OutgoingEmailServerStatus};
-use crate::config::{Credentials, SecretSource, Sources};
-use crate::connection::Reason;
-use crate::oauth2::Tokens;
-use crate::outgoing::{DEFAULT_POOL_SIZE, Outbox, OutgoingServer, OutgoingSettings, SendStats};
+use crate::resolve::{self, SecretSource, Sources};
 use crate::status::{self, Health};
+use mailroom_core::config::Credentials;
+use mailroom_core::connection::Reason;
+use mailroom_core::oauth2::Tokens;
+use mailroom_core::outgoing::{DEFAULT_POOL_SIZE, Outbox, OutgoingServer, SendStats};
+use mailroom_core::vocab::ResourceId;
 
 #[derive(Debug)]
 pub struct OutgoingRuntime {
@@ -29,8 +31,7 @@ impl OutgoingRuntime {
     /// starts its connection test. `stats` carry over from an older runtime.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
-        namespace: &str,
-        name: &str,
+        id: &ResourceId,
         spec: &OutgoingEmailServerSpec,
         secrets: &dyn SecretSource,
         config_maps: &dyn SecretSource,
@@ -39,7 +40,8 @@ impl OutgoingRuntime {
         stats: Arc<SendStats>,
         on_change: Option<OnChange>,
     ) -> Self {
-        let resource = format!("OutgoingEmailServer {namespace}/{name}");
+        let (namespace, name) = (id.namespace.as_str(), id.name.as_str());
+        let resource = format!("OutgoingEmailServer {id}");
         let shared = Shared::new(Health::Connecting, on_change);
         let mut runtime = Self {
             shared,
@@ -54,7 +56,7 @@ impl OutgoingRuntime {
             config_maps,
             tokens,
         };
-        let settings = match OutgoingSettings::resolve(spec, sources) {
+        let settings = match resolve::outgoing(spec, sources) {
             Ok(s) => s,
             Err(f) => {
                 tracing::warn!(resource = %resource, reason = %f.reason, "{}", f.message);
@@ -87,7 +89,7 @@ impl OutgoingRuntime {
         }
         let shared = runtime.shared.clone();
         runtime.test = Some(tokio::spawn(async move {
-            let report = crate::outgoing::smtp::test_connection(&settings).await;
+            let report = mailroom_core::outgoing::smtp::test_connection(&settings).await;
             if report.reason == Reason::Connected {
                 tracing::info!(resource = %resource, "connection test passed");
             } else {
@@ -102,7 +104,7 @@ impl OutgoingRuntime {
     }
 
     /// The OAuth2 grant's token times, when the server signs in with OAuth2.
-    pub fn oauth2(&self) -> Option<crate::oauth2::TokenInfo> {
+    pub fn oauth2(&self) -> Option<mailroom_core::oauth2::TokenInfo> {
         self.credentials.as_ref()?.token_info()
     }
 

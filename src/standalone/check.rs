@@ -12,11 +12,10 @@ use super::manifests::{Key, Snapshot, load_files};
 use super::supervisor::{INCOMING_KIND, OUTGOING_KIND};
 use super::writeback::SecretFiles;
 use crate::api::validation::ManifestValidator;
-use crate::config::Sources;
-use crate::connection::{ConnectionReport, Failure, Reason};
-use crate::incoming::IncomingSettings;
-use crate::oauth2::Tokens;
-use crate::outgoing::OutgoingSettings;
+use crate::resolve::Sources;
+use mailroom_core::connection::{ConnectionReport, Failure, Reason};
+use mailroom_core::oauth2::Tokens;
+use mailroom_core::vocab::ResourceId;
 
 /// One server's result.
 #[derive(Debug)]
@@ -45,8 +44,12 @@ pub async fn check(files: &[PathBuf], validator: &ManifestValidator) -> (Snapsho
             config_maps: &snapshot.config_maps_in(&key.0),
             tokens: &tokens,
         };
-        let outcome = match IncomingSettings::resolve(&key.1, &loaded.object.spec, sources) {
-            Ok(settings) => Ok(crate::incoming::test_connection(&settings).await),
+        let outcome = match crate::resolve::incoming_settings(
+            &ResourceId::new(&key.0, &key.1),
+            &loaded.object.spec,
+            sources,
+        ) {
+            Ok(settings) => Ok(mailroom_core::incoming::test_connection(&settings).await),
             Err(f) => Err(f),
         };
         results.push(Checked {
@@ -62,8 +65,8 @@ pub async fn check(files: &[PathBuf], validator: &ManifestValidator) -> (Snapsho
             config_maps: &snapshot.config_maps_in(&key.0),
             tokens: &tokens,
         };
-        let outcome = match OutgoingSettings::resolve(&loaded.object.spec, sources) {
-            Ok(settings) => Ok(crate::outgoing::smtp::test_connection(&settings).await),
+        let outcome = match crate::resolve::outgoing(&loaded.object.spec, sources) {
+            Ok(settings) => Ok(mailroom_core::outgoing::smtp::test_connection(&settings).await),
             Err(f) => Err(f),
         };
         results.push(Checked {

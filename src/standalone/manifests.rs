@@ -321,7 +321,7 @@ fn data_object(value: &Value, secret: bool) -> Result<(Key, Data), FieldErrors> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SecretSource;
+    use crate::resolve::SecretSource;
 
     const GOOD: &str = r#"
 apiVersion: v1

@@ -12,9 +12,9 @@ use tokio::sync::{mpsc, watch};
 use super::manifests::{LoadError, is_manifest, load_dir};
 use super::supervisor::{Paths, Supervisor, write_problems};
 use crate::api::validation::ManifestValidator;
-use crate::incoming::worker::WorkerOptions;
-use crate::outgoing::Outbox;
 use crate::submission::{self, TokenError, Tokens};
+use mailroom_core::incoming::worker::WorkerOptions;
+use mailroom_core::outgoing::Outbox;
 
 /// How often status is recomputed (and written when it changed).
 const STATUS_EVERY: Duration = Duration::from_secs(1);

@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::manifests::{manifest_files, secrets_in_text};
-use crate::oauth2::{WriteBack, WriteBackError};
+use mailroom_core::oauth2::{WriteBack, WriteBackError};
 
 /// Where the Secret manifests are.
 #[derive(Clone, Debug)]

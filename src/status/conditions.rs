@@ -7,7 +7,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::{CertificateStatus, ConnectionStatus};
-use crate::connection::{ConnectionReport, Failure, Reason};
+use mailroom_core::connection::{ConnectionReport, Failure, Reason};
 
 pub const READY: &str = "Ready";
 pub const CONNECTION_VERIFIED: &str = "ConnectionVerified";

@@ -8,11 +8,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::api::{DryRunReport, IncomingStats, OAuth2Status, OutgoingStats, Rejection};
-use crate::filter::RejectionLog;
-use crate::incoming::worker::WorkerStats;
-use crate::oauth2::TokenInfo;
-use crate::outgoing::SendStats;
 pub use conditions::{Health, conditions, connection_status, health_of};
+use mailroom_core::filter::RejectionLog;
+use mailroom_core::incoming::worker::WorkerStats;
+use mailroom_core::oauth2::TokenInfo;
+use mailroom_core::outgoing::SendStats;
 
 fn count(c: &AtomicU64) -> i64 {
     i64::try_from(c.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
@@ -120,7 +120,7 @@ pub fn dry_run_report(stats: &WorkerStats) -> DryRunReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filter::RejectionRecord;
+    use mailroom_core::filter::RejectionRecord;
 
     #[test]
     fn rejections_become_status_pieces() {

@@ -24,9 +24,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Serialize;
 
-use crate::outgoing::message::MAX_MESSAGE_BYTES;
-use crate::outgoing::{Outbox, Outcome, OutgoingMessage, SendError, SendReport};
 pub use auth::{Authenticator, ServiceAccounts};
+use mailroom_core::outgoing::message::MAX_MESSAGE_BYTES;
+use mailroom_core::outgoing::{Outbox, Outcome, OutgoingMessage, SendError, SendReport};
 pub use tokens::{Denied, TokenError, Tokens};
 
 /// Where the endpoint listens unless told otherwise: this machine only.

@@ -11,9 +11,9 @@ use mailroom::api::{
     AuthSpec, IncomingEmailServerSpec, IncomingProtocol, Provider, SecretKeyRef, SecurityType,
     TlsSpec,
 };
-use mailroom::config::{SecretError, SecretSource, Sources};
-use mailroom::incoming::IncomingSettings;
-use mailroom::oauth2::Tokens;
+use mailroom::resolve::{SecretError, SecretSource, Sources};
+use mailroom_core::incoming::IncomingSettings;
+use mailroom_core::oauth2::Tokens;
 use testbed::{Stack, User};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -90,7 +90,12 @@ pub fn incoming_spec(
 }
 
 pub fn resolve(spec: &IncomingEmailServerSpec, secrets: &Secrets) -> IncomingSettings {
-    IncomingSettings::resolve("support", spec, sources("helpdesk", secrets)).unwrap()
+    mailroom::resolve::incoming_settings(
+        &mailroom_core::vocab::ResourceId::new("helpdesk", "support"),
+        spec,
+        sources("helpdesk", secrets),
+    )
+    .unwrap()
 }
 
 /// Lookups in `namespace` for `secrets`, with no ConfigMaps and a registry of

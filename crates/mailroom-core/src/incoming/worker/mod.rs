@@ -1,0 +1,431 @@
+//! The fetch worker behind an IncomingEmailServer: fetch new mail, map it to
+//! tickets, hand them to the sink, and only after the sink accepted them apply
+//! afterProcessing and move the durable cursor. Real time with IMAP IDLE, else
+//! polling. Connection and sink failures retry with capped exponential backoff
+//! and jitter; one bad message is quarantined (IMAP) or skipped (POP3) and never
+//! blocks the rest. This file keeps the run loop, the cursor and settling; the
+//! IMAP and POP3 passes are beside it.
+
+mod imap_pass;
+mod pop3_pass;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::judging::Judging;
+use super::plan::Backoff;
+use super::settings::IncomingSettings;
+use crate::connection::{ConnectionReport, Failure, Probe, Reason};
+use crate::filter::{RejectionLog, RejectionRecord, Verdict};
+use crate::sinks::{Delivery, Sink, SinkError};
+use crate::state::{Cursor, CursorStore, ImapCursor};
+use crate::ticket::Ticket;
+use crate::vocab::{ConnectionStage, IncomingProtocol, Mode};
+
+/// How new mail is noticed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scanning {
+    Idle,
+    Polling { every: Duration, reason: String },
+}
+
+/// What a worker reports, for status, events and metrics.
+#[derive(Clone, Debug)]
+pub enum WorkerEvent {
+    Connected(ConnectionReport),
+    ConnectionFailed {
+        report: ConnectionReport,
+        retry_in: Duration,
+    },
+    Scanning(Scanning),
+    /// Messages taken from the server (judged, or set aside as oversized).
+    Fetched {
+        count: usize,
+        at: jiff::Timestamp,
+    },
+    /// Every message is judged once: what became (or, in DryRun, would become)
+    /// of it and which rule decided.
+    Judged {
+        message_id: Option<String>,
+        sender: Option<String>,
+        verdict: Verdict,
+        dry_run: bool,
+        at: jiff::Timestamp,
+    },
+    TicketCreated {
+        key: String,
+        message_id: Option<String>,
+    },
+    /// The sink refused the ticket for good; the mail is left in place.
+    TicketRejected {
+        message_id: Option<String>,
+        reason: String,
+    },
+    /// Unparseable or oversized: moved to the quarantine folder (IMAP) or
+    /// skipped (POP3). Neither kind has a Message-ID to report.
+    Quarantined {
+        reason: String,
+    },
+    SinkUnavailable {
+        message: String,
+        retry_in: Duration,
+    },
+    CursorAdvanced(Cursor),
+}
+
+/// Where a worker's events go: the one path of its facts to status, events,
+/// metrics and the log. Called from the worker's tasks; must not block.
+pub trait Observer: Send + Sync {
+    fn observe(&self, event: WorkerEvent);
+}
+
+/// A channel observes by forwarding, for whoever follows a worker by hand.
+impl Observer for mpsc::UnboundedSender<WorkerEvent> {
+    fn observe(&self, event: WorkerEvent) {
+        // Nobody listening is not an error.
+        let _ = self.send(event);
+    }
+}
+
+/// Counters of a mailbox, folded from its workers' events.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub fetched: AtomicU64,
+    pub tickets_created: AtomicU64,
+    pub rejected: AtomicU64,
+    pub failed: AtomicU64,
+    pub last_fetch_at: Mutex<Option<jiff::Timestamp>>,
+    /// Rejections (filter, loop protection, sender), with counts per rule.
+    pub rejections: Mutex<RejectionLog>,
+}
+
+/// A lock whose holder panicked still holds good data here (counters and
+/// logs), so it is used rather than dropped.
+pub fn unpoisoned<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl WorkerStats {
+    /// Counts what `event` tells.
+    pub fn fold(&self, event: &WorkerEvent) {
+        match event {
+            WorkerEvent::Fetched { count, at } => {
+                self.fetched.fetch_add(*count as u64, Ordering::Relaxed);
+                *unpoisoned(&self.last_fetch_at) = Some(*at);
+            }
+            WorkerEvent::Judged {
+                message_id,
+                sender,
+                verdict,
+                dry_run,
+                at,
+            } if !verdict.accepted => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                unpoisoned(&self.rejections).record(RejectionRecord {
+                    at: *at,
+                    sender: sender.clone(),
+                    recipient: None,
+                    message_id: message_id.clone(),
+                    rule: verdict.rule.clone(),
+                    reason: if *dry_run {
+                        format!("(dry run) {}", verdict.reason)
+                    } else {
+                        verdict.reason.clone()
+                    },
+                });
+            }
+            WorkerEvent::TicketCreated { .. } => {
+                self.tickets_created.fetch_add(1, Ordering::Relaxed);
+            }
+            WorkerEvent::TicketRejected { .. } | WorkerEvent::Quarantined { .. } => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Folds events into `stats`, then hands them on.
+pub struct Counted<O> {
+    pub stats: Arc<WorkerStats>,
+    pub inner: O,
+}
+
+impl<O: Observer> Observer for Counted<O> {
+    fn observe(&self, event: WorkerEvent) {
+        self.stats.fold(&event);
+        self.inner.observe(event);
+    }
+}
+
+/// Told of every new ticket (not of re-deliveries of an old one): the adapters
+/// hang acknowledgements here.
+pub trait TicketHook: Send + Sync + std::fmt::Debug {
+    fn ticket_created(&self, ticket: &Ticket);
+}
+
+/// Tuning that tests and benchmarks change; the defaults suit production.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Messages fetched, delivered and marked per round trip.
+    pub batch: usize,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// IDLE is re-issued before the server's 29-minute limit.
+    pub idle_refresh: Duration,
+    pub on_ticket: Option<Arc<dyn TicketHook>>,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(300),
+            idle_refresh: Duration::from_secs(25 * 60),
+            on_ticket: None,
+        }
+    }
+}
+
+/// A running worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    shutdown: watch::Sender<bool>,
+    join: JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    /// Stops taking new work, lets the message in flight finish, persists the
+    /// cursor, and returns when the worker has ended.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.join.await;
+    }
+}
+
+/// Why a session ended early.
+enum SessionEnd {
+    Connect(Box<ConnectionReport>),
+    Sink(String),
+    Lost(Failure),
+}
+
+impl From<Failure> for SessionEnd {
+    fn from(f: Failure) -> Self {
+        Self::Lost(f)
+    }
+}
+
+pub struct Worker {
+    settings: IncomingSettings,
+    sink: Arc<Sink>,
+    store: Arc<dyn CursorStore>,
+    key: String,
+    observer: Arc<dyn Observer>,
+    shutdown: watch::Receiver<bool>,
+    options: WorkerOptions,
+    backoff: Backoff,
+    /// Locked by each batch in fetch order, released when it is judged.
+    judging: Arc<tokio::sync::Mutex<Judging>>,
+    /// DryRun keeps its cursor here, never on disk: switching to Active later
+    /// starts where the last Active run stopped.
+    dry_cursor: Option<Cursor>,
+}
+
+impl Worker {
+    /// Starts a worker; its events go to `observer`.
+    pub fn spawn(
+        settings: IncomingSettings,
+        sink: Arc<Sink>,
+        store: Arc<dyn CursorStore>,
+        observer: Arc<dyn Observer>,
+        options: WorkerOptions,
+    ) -> WorkerHandle {
+        let (tx, rx) = watch::channel(false);
+        let worker = Worker {
+            judging: Arc::new(tokio::sync::Mutex::new(Judging::new(&settings))),
+            dry_cursor: None,
+            key: settings.ticket.mailbox.clone(),
+            backoff: Backoff {
+                attempt: 0,
+                base: options.backoff_base,
+                cap: options.backoff_cap,
+            },
+            settings,
+            sink,
+            store,
+            observer,
+            shutdown: rx,
+            options,
+        };
+        WorkerHandle {
+            shutdown: tx,
+            join: tokio::spawn(worker.run()),
+        }
+    }
+
+    fn emit(&self, event: WorkerEvent) {
+        self.observer.observe(event);
+    }
+
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Sleeps, returning early (true) when asked to stop.
+    async fn pause(&mut self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => self.stopping(),
+            _ = self.shutdown.changed() => true,
+        }
+    }
+
+    async fn run(mut self) {
+        while !self.stopping() {
+            let outcome = match self.settings.protocol {
+                IncomingProtocol::Imap => self.imap_session().await,
+                IncomingProtocol::Pop3 => self.pop3_session().await,
+            };
+            let end = match outcome {
+                Ok(()) => continue,
+                Err(end) => end,
+            };
+            let retry_in = self.backoff.next();
+            match end {
+                SessionEnd::Connect(report) => self.emit(WorkerEvent::ConnectionFailed {
+                    report: *report,
+                    retry_in,
+                }),
+                SessionEnd::Sink(message) => {
+                    self.emit(WorkerEvent::SinkUnavailable { message, retry_in })
+                }
+                SessionEnd::Lost(failure) => {
+                    let mut probe = Probe::new();
+                    let _ = probe
+                        .stage(ConnectionStage::Mailbox, async {
+                            Err::<(), _>(failure.clone())
+                        })
+                        .await;
+                    self.emit(WorkerEvent::ConnectionFailed {
+                        report: probe.finish(Err(failure)),
+                        retry_in,
+                    });
+                }
+            }
+            if self.pause(retry_in).await {
+                break;
+            }
+        }
+    }
+
+    fn dry_run(&self) -> bool {
+        self.settings.mode == Mode::DryRun
+    }
+
+    fn cursor_failure(e: impl std::fmt::Display) -> SessionEnd {
+        SessionEnd::Lost(Failure::new(
+            Reason::CursorStoreFailed,
+            format!("the fetch cursor could not be read or saved, retrying: {e}"),
+        ))
+    }
+
+    async fn load_cursor(&self) -> Result<Cursor, SessionEnd> {
+        if self.dry_run() {
+            return Ok(self.dry_cursor.clone().unwrap_or_default());
+        }
+        self.store
+            .load(&self.key)
+            .await
+            .map(Option::unwrap_or_default)
+            .map_err(Self::cursor_failure)
+    }
+
+    async fn save_cursor(&mut self, cursor: &Cursor) -> Result<(), SessionEnd> {
+        if self.dry_run() {
+            self.dry_cursor = Some(cursor.clone());
+            return Ok(());
+        }
+        self.store
+            .save(&self.key, cursor)
+            .await
+            .map_err(Self::cursor_failure)?;
+        self.emit(WorkerEvent::CursorAdvanced(cursor.clone()));
+        Ok(())
+    }
+
+    /// Moves the IMAP cursor to at least `uid` and saves it.
+    async fn advance(
+        &mut self,
+        cursor: &mut Cursor,
+        uid_validity: u32,
+        last_uid: &mut Option<u32>,
+        uid: u32,
+    ) -> Result<(), SessionEnd> {
+        let newest = last_uid.unwrap_or(0).max(uid);
+        *last_uid = Some(newest);
+        cursor.imap = Some(ImapCursor {
+            uid_validity,
+            last_uid: newest,
+        });
+        self.save_cursor(cursor).await
+    }
+
+    fn fetched(&self, count: usize) {
+        self.emit(WorkerEvent::Fetched {
+            count,
+            at: jiff::Timestamp::now(),
+        });
+    }
+
+    /// Hands tickets to the sink and waits; returns the indexes accepted.
+    async fn deliver(&self, tickets: Arc<[Ticket]>) -> Result<Vec<usize>, SessionEnd> {
+        let result = if tickets.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.sink.deliver(tickets.clone()).await
+        };
+        self.settle(&tickets, result)
+    }
+
+    /// Reports each ticket of a delivered batch; returns the indexes the sink
+    /// accepted.
+    fn settle(
+        &self,
+        tickets: &[Ticket],
+        result: Result<Vec<Delivery>, SinkError>,
+    ) -> Result<Vec<usize>, SessionEnd> {
+        let deliveries = result.map_err(|e| SessionEnd::Sink(e.to_string()))?;
+        let mut accepted = Vec::new();
+        for (i, (ticket, delivery)) in tickets.iter().zip(deliveries).enumerate() {
+            match delivery {
+                Delivery::Accepted => {
+                    self.emit(WorkerEvent::TicketCreated {
+                        key: ticket.idempotency_key.clone(),
+                        message_id: ticket.message_id.clone(),
+                    });
+                    if let Some(hook) = &self.options.on_ticket {
+                        hook.ticket_created(ticket);
+                    }
+                    accepted.push(i);
+                }
+                // Taken before (a crash between delivery and marking): mark it
+                // processed now, without a second ticket or acknowledgement.
+                Delivery::Duplicate => accepted.push(i),
+                Delivery::Rejected { reason } => self.emit(WorkerEvent::TicketRejected {
+                    message_id: ticket.message_id.clone(),
+                    reason,
+                }),
+            }
+        }
+        Ok(accepted)
+    }
+
+    fn quarantined(&self, reason: String) {
+        self.emit(WorkerEvent::Quarantined { reason });
+    }
+}

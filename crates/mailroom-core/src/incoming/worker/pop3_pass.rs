@@ -1,0 +1,95 @@
+//! One POP3 session of the worker: sign in, list what is new by UIDL, judge
+//! and deliver it in batches, DELE what afterProcessing says, QUIT to commit,
+//! then wait for the next poll.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{Scanning, SessionEnd, Worker, WorkerEvent};
+use crate::connection::Probe;
+use crate::incoming::judging::Outcome;
+use crate::incoming::pop3::Pop3;
+use crate::vocab::{AfterProcessing, ConnectionStage};
+
+impl Worker {
+    pub(super) async fn pop3_session(&mut self) -> Result<(), SessionEnd> {
+        let mut probe = Probe::new();
+        let mut pop = match Pop3::connect(&self.settings.server, &mut probe).await {
+            Ok(p) => p,
+            Err(f) => return Err(SessionEnd::Connect(Box::new(probe.finish(Err(f))))),
+        };
+        if let Err(f) = probe.stage(ConnectionStage::Mailbox, pop.stat()).await {
+            return Err(SessionEnd::Connect(Box::new(probe.finish(Err(f)))));
+        }
+        self.emit(WorkerEvent::Connected(probe.finish(Ok(()))));
+        self.backoff.reset();
+        self.emit(WorkerEvent::Scanning(Scanning::Polling {
+            every: self.settings.scan_interval,
+            reason: "POP3 has no IDLE".into(),
+        }));
+
+        let mut cursor = self.load_cursor().await?;
+        let uidl = pop.uidl().await?;
+        let sizes: HashMap<u32, u64> = pop.list().await?.into_iter().collect();
+        // Forget messages that are gone from the server: the set stays small.
+        let present: HashSet<&str> = uidl.iter().map(|(_, u)| u.as_str()).collect();
+        cursor.pop3_seen.retain(|u| present.contains(u.as_str()));
+        let new: Vec<(u32, String)> = uidl
+            .iter()
+            .filter(|(_, u)| !cursor.pop3_seen.contains(u))
+            .cloned()
+            .collect();
+        let max = self.settings.max_message_size;
+
+        for chunk in new.chunks(self.options.batch.max(1)) {
+            if self.stopping() {
+                break;
+            }
+            let mut tickets = Vec::new();
+            let mut numbers = Vec::new();
+            let mut rejected = Vec::new();
+            let now = jiff::Timestamp::now();
+            for (n, uid) in chunk {
+                let size = sizes.get(n).copied().unwrap_or(0);
+                if size > max {
+                    self.quarantined(format!("POP3 message {uid} of {size} bytes is over maxMessageSize ({max} bytes): skipped, left on the server"));
+                    continue;
+                }
+                let raw = pop.retr(*n, size).await?;
+                let (outcome, verdict) = self.judging.lock().await.message(&raw, now);
+                if let Some(event) = verdict {
+                    self.emit(event);
+                }
+                match outcome {
+                    Outcome::Ticket(t) => {
+                        tickets.push(*t);
+                        numbers.push((*n, uid.clone()));
+                    }
+                    Outcome::Rejected => rejected.push(*n),
+                    Outcome::Unparseable(e) => self.quarantined(format!(
+                        "POP3 message {uid}: {e}: skipped, left on the server"
+                    )),
+                }
+            }
+            self.fetched(chunk.len());
+            if !self.dry_run() {
+                let accepted = self.deliver(tickets.into()).await?;
+                if self.settings.after_processing == AfterProcessing::Delete {
+                    let done = accepted.iter().map(|i| numbers[*i].0).chain(rejected);
+                    for n in done {
+                        pop.dele(n).await?;
+                    }
+                }
+            }
+            // Every message of the chunk has been judged once: accepted, refused
+            // by the sink, or skipped. None is taken again.
+            cursor
+                .pop3_seen
+                .extend(chunk.iter().map(|(_, uid)| uid.clone()));
+            self.save_cursor(&cursor).await?;
+        }
+        // QUIT commits the deletions.
+        pop.quit().await?;
+        self.pause(self.settings.scan_interval).await;
+        Ok(())
+    }
+}
