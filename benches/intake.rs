@@ -163,7 +163,7 @@ async fn main() {
         stacks.push(stack);
     }
     println!(
-        "\nfor comparison (DESIGN): fetchmail ~590/s, getmail6 ~110/s on this kind of machine"
+        "\nfor comparison (reference figures, docs/benchmarks.md): fetchmail ~590/s, getmail6 ~110/s on this kind of machine"
     );
 }
 

@@ -10,7 +10,7 @@ use mailroom::api::validation::ManifestValidator;
 use mailroom::controller;
 use mailroom::controller::run::ControllerOptions;
 use mailroom::standalone::{self, RunOptions, check, table};
-use mailroom::submission::{DEFAULT_BIND, Tokens};
+use mailroom::submission::{DEFAULT_BIND, SubmissionTokens};
 use mailroom_core::oauth2::{self, authorize};
 use secrecy::SecretString;
 
@@ -265,13 +265,15 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
-/// Tokens from `--token-file`, else from MAILROOM_SUBMISSION_TOKENS.
-fn tokens(file: Option<&Path>) -> Result<Option<Tokens>, String> {
+/// Submission tokens from `--token-file`, else from MAILROOM_SUBMISSION_TOKENS.
+fn tokens(file: Option<&Path>) -> Result<Option<SubmissionTokens>, String> {
     if let Some(file) = file {
-        return Tokens::from_file(file).map(Some).map_err(|e| e.to_string());
+        return SubmissionTokens::from_file(file)
+            .map(Some)
+            .map_err(|e| e.to_string());
     }
     match std::env::var("MAILROOM_SUBMISSION_TOKENS") {
-        Ok(text) => Tokens::parse(&text)
+        Ok(text) => SubmissionTokens::parse(&text)
             .map(Some)
             .map_err(|e| format!("MAILROOM_SUBMISSION_TOKENS: {e}")),
         Err(_) => Ok(None),

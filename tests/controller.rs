@@ -727,7 +727,7 @@ async fn startup_names_missing_crds_and_missing_rbac() {
 
 #[tokio::test]
 async fn service_account_tokens_are_reviewed_and_kept_to_their_namespace() {
-    use mailroom::submission::{Authenticator, Denied, ServiceAccounts, Tokens};
+    use mailroom::submission::{Authenticator, Denied, ServiceAccounts, SubmissionTokens};
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let reviews = Arc::new(Mutex::new(Vec::new()));
     let seen = reviews.clone();
@@ -756,7 +756,7 @@ async fn service_account_tokens_are_reviewed_and_kept_to_their_namespace() {
         }
     });
     let auth = ServiceAccounts {
-        tokens: Some(Tokens::parse("file-token hr\n").unwrap()),
+        tokens: Some(SubmissionTokens::parse("file-token hr\n").unwrap()),
         client: Client::new(service, "default"),
     };
     assert_eq!(auth.check(Some("sa-token"), NS).await, Ok(()));

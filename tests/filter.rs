@@ -1,4 +1,4 @@
-//! Every sentence of the help page's filter rows, made exact (DESIGN §3), and
+//! Every sentence of the help page's filter rows, made exact (docs/filters.md), and
 //! loop protection, judged on real parsed messages.
 
 use std::time::{Duration, Instant};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use mail_parser::{MessageParser, MimeHeaders};
 use mailroom::api::{OutgoingEmailServerSpec, SecurityType};
-use mailroom::submission::{self, Tokens};
+use mailroom::submission::{self, SubmissionTokens};
 use mailroom_core::connection::Reason;
 use mailroom_core::outgoing::ack::{AckSettings, Acknowledger};
 use mailroom_core::outgoing::message::OutgoingAttachment;
@@ -435,7 +435,7 @@ async fn post(
 async fn endpoint(outbox: Arc<Outbox>, tokens: &str) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = submission::router(outbox, Arc::new(Tokens::parse(tokens).unwrap()));
+    let router = submission::router(outbox, Arc::new(SubmissionTokens::parse(tokens).unwrap()));
     tokio::spawn(submission::serve(listener, router, std::future::pending()));
     addr
 }

@@ -50,10 +50,10 @@ pub struct IncomingFilter {
 pub struct SinkSpec {
     /// POST each ticket as JSON to a URL. Mail is marked processed only after a 2xx answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub webhook: Option<WebhookSink>,
+    pub webhook: Option<WebhookSinkSpec>,
     /// Write each ticket as a JSON file, atomically, named by its idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub directory: Option<DirectorySink>,
+    pub directory: Option<DirectorySinkSpec>,
 }
 
 fn default_webhook_timeout() -> Duration {
@@ -63,7 +63,7 @@ fn default_webhook_timeout() -> Duration {
 /// A webhook that receives tickets.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct WebhookSink {
+pub struct WebhookSinkSpec {
     /// URL that receives an HTTP POST per ticket, with CloudEvents headers and an
     /// `Idempotency-Key` header.
     #[schemars(pattern(r"^https?://[^\s]+$"), length(max = 2048))]
@@ -80,7 +80,7 @@ pub struct WebhookSink {
 /// A directory on the operator's file system that receives tickets.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct DirectorySink {
+pub struct DirectorySinkSpec {
     /// Directory path; created when missing.
     #[schemars(length(min = 1, max = 4096))]
     pub path: String,

@@ -15,14 +15,14 @@ use mailroom_core::oauth2::TokenInfo;
 
 /// What the endpoints report on.
 #[derive(Clone, Debug, Default)]
-pub struct Probe {
+pub struct HealthState {
     /// Set once the startup checks passed.
     pub ready: Arc<AtomicBool>,
     /// Set once this replica leads and its controllers run (one per scope).
     pub contexts: Arc<OnceLock<Vec<Arc<Context>>>>,
 }
 
-pub fn router(probe: Probe) -> Router {
+pub fn router(probe: HealthState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -30,7 +30,7 @@ pub fn router(probe: Probe) -> Router {
         .with_state(probe)
 }
 
-async fn readyz(State(p): State<Probe>) -> (StatusCode, &'static str) {
+async fn readyz(State(p): State<HealthState>) -> (StatusCode, &'static str) {
     if p.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready")
     } else {
@@ -44,7 +44,7 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-async fn metrics(State(p): State<Probe>) -> String {
+async fn metrics(State(p): State<HealthState>) -> String {
     match p.contexts.get() {
         Some(contexts) => render(contexts).await,
         None => "# this replica does not lead: no workers here\n".to_owned(),

@@ -18,14 +18,14 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
 
-use super::http::{self, Probe};
+use super::http::{self, HealthState};
 use super::leader::LeaseLock;
 use super::{
     Context, ContextParts, Names, error_policy, reconcile_incoming, reconcile_outgoing,
     servers_referencing, trigger_hash,
 };
 use crate::api::{IncomingEmailServer, OutgoingEmailServer};
-use crate::submission::{self, ServiceAccounts, Tokens};
+use crate::submission::{self, ServiceAccounts, SubmissionTokens};
 use mailroom_core::incoming::worker::WorkerOptions;
 use mailroom_core::outgoing::Outbox;
 
@@ -42,7 +42,7 @@ pub struct ControllerOptions {
     pub default_sink: Option<PathBuf>,
     pub health_listen: SocketAddr,
     pub submission_listen: SocketAddr,
-    pub tokens: Option<Tokens>,
+    pub tokens: Option<SubmissionTokens>,
     pub leader_election: bool,
     pub lease_namespace: String,
     pub identity: String,
@@ -132,7 +132,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
         terminated.await;
         let _ = stop_tx.send(true);
     });
-    let probe = Probe::default();
+    let probe = HealthState::default();
     probe.ready.store(true, Ordering::Relaxed);
     let health = listen(opts.health_listen).await?;
     let mut health_stop = stop_rx.clone();

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use super::manifests::{LoadError, is_manifest, load_dir};
 use super::supervisor::{Paths, Supervisor, write_problems};
 use crate::api::validation::ManifestValidator;
-use crate::submission::{self, TokenError, Tokens};
+use crate::submission::{self, SubmissionTokens, TokenError};
 use mailroom_core::incoming::worker::WorkerOptions;
 use mailroom_core::outgoing::Outbox;
 
@@ -30,7 +30,7 @@ pub struct RunOptions {
     /// Where the submission endpoint listens.
     pub listen: SocketAddr,
     /// Tokens for the submission endpoint; None leaves it off.
-    pub tokens: Option<Tokens>,
+    pub tokens: Option<SubmissionTokens>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::PostParams;
 use kube::{Api, Client};
 
-use super::{Denied, Tokens};
+use super::{Denied, SubmissionTokens};
 
 pub trait Authenticator: Send + Sync + fmt::Debug {
     /// Ok when `bearer` may send in `namespace`.
@@ -20,19 +20,19 @@ pub trait Authenticator: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<(), Denied>>;
 }
 
-impl Authenticator for Tokens {
+impl Authenticator for SubmissionTokens {
     fn check<'a>(
         &'a self,
         bearer: Option<&'a str>,
         namespace: &'a str,
     ) -> BoxFuture<'a, Result<(), Denied>> {
-        Box::pin(async move { Tokens::check(self, bearer, namespace) })
+        Box::pin(async move { SubmissionTokens::check(self, bearer, namespace) })
     }
 }
 
 /// File tokens first; any other token is reviewed by the API server.
 pub struct ServiceAccounts {
-    pub tokens: Option<Tokens>,
+    pub tokens: Option<SubmissionTokens>,
     pub client: Client,
 }
 

@@ -27,7 +27,7 @@ use serde::Serialize;
 pub use auth::{Authenticator, ServiceAccounts};
 use mailroom_core::outgoing::message::MAX_MESSAGE_BYTES;
 use mailroom_core::outgoing::{Outbox, Outcome, OutgoingMessage, SendError, SendReport};
-pub use tokens::{Denied, TokenError, Tokens};
+pub use tokens::{Denied, SubmissionTokens, TokenError};
 
 /// Where the endpoint listens unless told otherwise: this machine only.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8025";

@@ -19,13 +19,13 @@ enum Scope {
 /// The accepted tokens. Format, one per line (`#` starts a comment):
 /// `TOKEN` (every namespace) or `TOKEN ns1,ns2`.
 #[derive(Clone, Default)]
-pub struct Tokens {
+pub struct SubmissionTokens {
     entries: HashMap<[u8; 32], Scope>,
 }
 
-impl fmt::Debug for Tokens {
+impl fmt::Debug for SubmissionTokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tokens({} configured)", self.entries.len())
+        write!(f, "SubmissionTokens({} configured)", self.entries.len())
     }
 }
 
@@ -52,7 +52,7 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-impl Tokens {
+impl SubmissionTokens {
     pub fn parse(text: &str) -> Result<Self, TokenError> {
         let mut entries = HashMap::new();
         for (i, line) in text.lines().enumerate() {
@@ -113,7 +113,7 @@ mod tests {
 
     #[test]
     fn scopes_and_refusals() {
-        let tokens = Tokens::parse("# apps\nsecret-all\nsecret-hr hr,payroll\n").unwrap();
+        let tokens = SubmissionTokens::parse("# apps\nsecret-all\nsecret-hr hr,payroll\n").unwrap();
         assert_eq!(tokens.check(Some("secret-all"), "any"), Ok(()));
         assert_eq!(tokens.check(Some("secret-hr"), "payroll"), Ok(()));
         assert_eq!(
@@ -127,11 +127,11 @@ mod tests {
         assert_eq!(tokens.check(None, "hr"), Err(Denied::Unauthenticated));
         assert!(!format!("{tokens:?}").contains("secret"));
         assert!(matches!(
-            Tokens::parse("# nothing\n"),
+            SubmissionTokens::parse("# nothing\n"),
             Err(TokenError::Empty)
         ));
         assert!(matches!(
-            Tokens::parse("a b c\n"),
+            SubmissionTokens::parse("a b c\n"),
             Err(TokenError::Malformed { line: 1 })
         ));
     }

@@ -84,8 +84,6 @@ pub enum Mode {
 /// Stages of the connection test, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum ConnectionStage {
-    /// Reading the password or token from its Secret.
-    Secret,
     /// Resolving the server's (or the proxy's) name.
     #[serde(rename = "DNS")]
     Dns,
