@@ -168,6 +168,23 @@ fn compute<R: Runtime>(
     }
 }
 
+/// Whether the runtime of `id` already runs from `digest`; if so it is kept,
+/// with the generation it now stands for.
+fn kept<R>(
+    entries: &mut HashMap<ResourceId, Entry<R>>,
+    id: &ResourceId,
+    digest: [u8; 32],
+    generation: Option<i64>,
+) -> bool {
+    match entries.get_mut(id) {
+        Some(e) if e.digest == digest => {
+            e.generation = generation;
+            true
+        }
+        _ => false,
+    }
+}
+
 impl Engine {
     pub fn new(env: Environment) -> Self {
         Self {
@@ -207,11 +224,7 @@ impl Engine {
                 &extra,
             )
         };
-        let current = digest_now();
-        if let Some(e) = self.incoming.get_mut(id)
-            && e.digest == current
-        {
-            e.generation = d.generation;
+        if kept(&mut self.incoming, id, digest_now(), d.generation) {
             return Applied::Kept;
         }
         let (applied, conditions, carried) = match self.incoming.remove(id) {
@@ -263,11 +276,7 @@ impl Engine {
                 &[d.retest],
             )
         };
-        let current = digest_now();
-        if let Some(e) = self.outgoing.get_mut(id)
-            && e.digest == current
-        {
-            e.generation = d.generation;
+        if kept(&mut self.outgoing, id, digest_now(), d.generation) {
             return Applied::Kept;
         }
         let (applied, conditions, stats) = match self.outgoing.remove(id) {
