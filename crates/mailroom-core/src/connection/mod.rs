@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 
 use crate::vocab::{ConnectionStage, StageResult};
@@ -347,6 +348,47 @@ pub async fn require_starttls(
     probe
         .stage(ConnectionStage::Tls, async { Err(failure) })
         .await
+}
+
+/// A failed command of a mail protocol (`protocol`: IMAP, POP3, SMTP), as
+/// the worker, the sender and the connection test report it.
+pub fn protocol_error(protocol: &str, what: &str, e: impl fmt::Display) -> Failure {
+    Failure::new(
+        Reason::ProtocolError,
+        format!("{protocol} {what} failed: {e}"),
+    )
+}
+
+/// The TLS stage of STARTTLS (`verb`: STARTTLS or STLS), the same for every
+/// protocol: `ask` sends the verb, reads the server's yes and hands back the
+/// connection; then nothing may have arrived ahead of the handshake (it could
+/// be an injection), and the plain connection is secured. The certificate goes
+/// into `probe`.
+pub async fn starttls(
+    probe: &mut Probe,
+    protocol: &str,
+    verb: &str,
+    upgrade: Upgrade,
+    ask: impl AsyncFnOnce() -> Result<BufReader<MailStream>, Failure>,
+) -> Result<MailStream, Failure> {
+    let (stream, certificate) = probe
+        .stage(ConnectionStage::Tls, async {
+            let conn = ask().await?;
+            if !conn.buffer().is_empty() {
+                return Err(protocol_error(
+                    protocol,
+                    verb,
+                    "the server sent data before the TLS handshake",
+                ));
+            }
+            let tcp = conn.into_inner().into_plain().ok_or_else(|| {
+                protocol_error(protocol, verb, "the connection is already encrypted")
+            })?;
+            upgrade.handshake(tcp).await
+        })
+        .await?;
+    probe.certificate = certificate;
+    Ok(stream)
 }
 
 /// What a STARTTLS upgrade needs, kept from [`open`].

@@ -10,7 +10,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::config::server::authentication_hint;
 use crate::config::{Credentials, ServerSettings};
-use crate::connection::{Failure, MailStream, Probe, Reason, open, require_starttls, within};
+use crate::connection::{
+    Failure, MailStream, Probe, Reason, open, protocol_error, require_starttls, starttls, within,
+};
 use crate::oauth2::{self, Attempt, no_token_mechanism, sasl::Mechanism};
 use crate::vocab::{ConnectionStage, SecurityType};
 
@@ -22,9 +24,8 @@ pub struct Pop3 {
     io: Duration,
 }
 
-fn protocol_error(what: &str, e: impl std::fmt::Display) -> Failure {
-    Failure::new(Reason::ProtocolError, format!("POP3 {what} failed: {e}"))
-}
+/// The protocol's name in errors.
+const POP3: &str = "POP3";
 
 /// A POP3 answer: `+OK text` or `-ERR text`.
 enum Reply {
@@ -46,9 +47,13 @@ impl Pop3 {
             .take(MAX_LINE)
             .read_until(b'\n', &mut buf)
             .await
-            .map_err(|e| protocol_error("read", e))?;
+            .map_err(|e| protocol_error(POP3, "read", e))?;
         if n == 0 {
-            return Err(protocol_error("read", "connection closed by the server"));
+            return Err(protocol_error(
+                POP3,
+                "read",
+                "connection closed by the server",
+            ));
         }
         while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             buf.pop();
@@ -63,7 +68,11 @@ impl Pop3 {
         } else if let Some(rest) = line.strip_prefix("-ERR") {
             Ok(Reply::Err(rest.trim().to_owned()))
         } else {
-            Err(protocol_error("reply", format!("unexpected line {line:?}")))
+            Err(protocol_error(
+                POP3,
+                "reply",
+                format!("unexpected line {line:?}"),
+            ))
         }
     }
 
@@ -76,7 +85,7 @@ impl Pop3 {
                 stream.write_all(b"\r\n").await?;
                 stream.flush().await
             };
-            write.await.map_err(|e| protocol_error("write", e))
+            write.await.map_err(|e| protocol_error(POP3, "write", e))
         })
         .await
     }
@@ -86,7 +95,7 @@ impl Pop3 {
         self.send(line).await?;
         match self.reply().await? {
             Reply::Ok(text) => Ok(text),
-            Reply::Err(text) => Err(protocol_error(what, text)),
+            Reply::Err(text) => Err(protocol_error(POP3, what, text)),
         }
     }
 
@@ -101,9 +110,13 @@ impl Pop3 {
                     .take(limit.saturating_add(MAX_LINE))
                     .read_until(b'\n', &mut line)
                     .await
-                    .map_err(|e| protocol_error("read", e))?;
+                    .map_err(|e| protocol_error(POP3, "read", e))?;
                 if n == 0 {
-                    return Err(protocol_error("read", "connection closed in a listing"));
+                    return Err(protocol_error(
+                        POP3,
+                        "read",
+                        "connection closed in a listing",
+                    ));
                 }
                 if line == b".\r\n" || line == b".\n" {
                     return Ok(out);
@@ -140,7 +153,7 @@ impl Pop3 {
             .stage(ConnectionStage::Greeting, async {
                 match pop.reply().await? {
                     Reply::Ok(_) => pop.capa().await,
-                    Reply::Err(text) => Err(protocol_error("greeting", text)),
+                    Reply::Err(text) => Err(protocol_error(POP3, "greeting", text)),
                 }
             })
             .await?;
@@ -148,25 +161,13 @@ impl Pop3 {
         if ep.security == SecurityType::Tls {
             let offered = caps.iter().any(|c| c.eq_ignore_ascii_case("STLS"));
             require_starttls(probe, offered, ep, "STLS", 995).await?;
-            let (stream, cert) = probe
-                .stage(ConnectionStage::Tls, async {
-                    pop.command("STLS", "STLS")
-                        .await
-                        .map_err(|f| Failure::new(Reason::StartTlsUnavailable, f.message))?;
-                    if !pop.stream.buffer().is_empty() {
-                        return Err(protocol_error(
-                            "STLS",
-                            "data arrived before the TLS handshake",
-                        ));
-                    }
-                    let tcp =
-                        pop.stream.into_inner().into_plain().ok_or_else(|| {
-                            protocol_error("STLS", "connection is already encrypted")
-                        })?;
-                    upgrade.handshake(tcp).await
-                })
-                .await?;
-            probe.certificate = cert;
+            let stream = starttls(probe, POP3, "STLS", upgrade, async move || {
+                pop.command("STLS", "STLS")
+                    .await
+                    .map_err(|f| Failure::new(Reason::StartTlsUnavailable, f.message))?;
+                Ok(pop.stream)
+            })
+            .await?;
             pop = Pop3::new(stream, t.io);
             caps = pop.capa().await?;
         }
@@ -265,7 +266,7 @@ impl Pop3 {
                 break;
             }
         }
-        Err(protocol_error("AUTH", "unexpected answer to AUTH"))
+        Err(protocol_error(POP3, "AUTH", "unexpected answer to AUTH"))
     }
 
     /// Number of messages and total size.
@@ -276,7 +277,7 @@ impl Pop3 {
         let size = words.next().and_then(|w| w.parse().ok());
         count
             .zip(size)
-            .ok_or_else(|| protocol_error("STAT", format!("unexpected answer {text:?}")))
+            .ok_or_else(|| protocol_error(POP3, "STAT", format!("unexpected answer {text:?}")))
     }
 
     async fn listing(&mut self, command: &str) -> Result<Vec<(u32, String)>, Failure> {
@@ -285,13 +286,12 @@ impl Pop3 {
         String::from_utf8_lossy(&body)
             .lines()
             .map(|l| {
-                let (n, rest) = l
-                    .trim()
-                    .split_once(' ')
-                    .ok_or_else(|| protocol_error(command, format!("unexpected line {l:?}")))?;
+                let (n, rest) = l.trim().split_once(' ').ok_or_else(|| {
+                    protocol_error(POP3, command, format!("unexpected line {l:?}"))
+                })?;
                 let n = n
                     .parse()
-                    .map_err(|_| protocol_error(command, format!("unexpected line {l:?}")))?;
+                    .map_err(|_| protocol_error(POP3, command, format!("unexpected line {l:?}")))?;
                 Ok((n, rest.trim().to_owned()))
             })
             .collect()
@@ -310,7 +310,7 @@ impl Pop3 {
             .map(|(n, size)| {
                 size.parse()
                     .map(|s| (n, s))
-                    .map_err(|_| protocol_error("LIST", format!("bad size {size:?}")))
+                    .map_err(|_| protocol_error(POP3, "LIST", format!("bad size {size:?}")))
             })
             .collect()
     }

@@ -23,7 +23,8 @@ use super::OutgoingSettings;
 use crate::config::Credentials;
 use crate::config::server::authentication_hint;
 use crate::connection::{
-    ConnectionReport, Failure, MailStream, Probe, Reason, open, require_starttls, within,
+    ConnectionReport, Failure, MailStream, Probe, Reason, open, protocol_error, require_starttls,
+    starttls, within,
 };
 use crate::oauth2::{self, Attempt, no_token_mechanism, sasl::Mechanism as TokenMechanism};
 use crate::vocab::{ConnectionStage, SecurityType};
@@ -85,12 +86,8 @@ impl AsyncTokioStream for Replay {
     }
 }
 
-fn protocol_error(what: &str, detail: impl fmt::Display) -> Failure {
-    Failure::new(
-        Reason::ProtocolError,
-        format!("the SMTP server answered {what} unexpectedly: {detail}"),
-    )
-}
+/// The protocol's name in errors.
+const SMTP: &str = "SMTP";
 
 /// Reads one SMTP reply (all its lines); returns the code and the text.
 async fn read_reply(
@@ -103,14 +100,14 @@ async fn read_reply(
         let n = conn
             .read_line(&mut line)
             .await
-            .map_err(|e| protocol_error(what, e))?;
+            .map_err(|e| protocol_error(SMTP, what, e))?;
         if n == 0 {
-            return Err(protocol_error(what, "the connection was closed"));
+            return Err(protocol_error(SMTP, what, "the connection was closed"));
         }
         let code = line
             .get(..3)
             .and_then(|c| c.parse::<u16>().ok())
-            .ok_or_else(|| protocol_error(what, format!("{:?}", line.trim_end())))?;
+            .ok_or_else(|| protocol_error(SMTP, what, format!("{:?}", line.trim_end())))?;
         text.push_str(&line);
         if line.as_bytes().get(3) != Some(&b'-') {
             return Ok((code, text));
@@ -127,8 +124,11 @@ async fn write_line(
     stream
         .write_all(line.as_bytes())
         .await
-        .map_err(|e| protocol_error(what, e))?;
-    stream.flush().await.map_err(|e| protocol_error(what, e))
+        .map_err(|e| protocol_error(SMTP, what, e))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| protocol_error(SMTP, what, e))
 }
 
 /// The plain-text part of STARTTLS: greeting, EHLO, and STARTTLS if offered.
@@ -139,12 +139,12 @@ async fn plain_prelude(
 ) -> Result<(String, bool), Failure> {
     let (code, greeting) = read_reply(conn, "the greeting").await?;
     if code != 220 {
-        return Err(protocol_error("the greeting", greeting.trim_end()));
+        return Err(protocol_error(SMTP, "the greeting", greeting.trim_end()));
     }
     write_line(conn, &format!("EHLO {hello}\r\n"), "EHLO").await?;
     let (code, ehlo) = read_reply(conn, "EHLO").await?;
     if code != 250 {
-        return Err(protocol_error("EHLO", ehlo.trim_end()));
+        return Err(protocol_error(SMTP, "EHLO", ehlo.trim_end()));
     }
     let offered = ehlo.lines().any(|l| {
         l.get(4..)
@@ -247,32 +247,22 @@ pub async fn connect(
                 )
                 .await?;
             require_starttls(probe, offered, ep, "STARTTLS", 465).await?;
-            let (stream, cert) = probe
-                .stage(ConnectionStage::Tls, async {
-                    within(t.io, "starting TLS", async {
-                        write_line(&mut conn, "STARTTLS\r\n", "STARTTLS").await?;
-                        let (code, text) = read_reply(&mut conn, "STARTTLS").await?;
-                        if code != 220 {
-                            return Err(Failure::new(
-                                Reason::StartTlsUnavailable,
-                                format!("the server refused STARTTLS: {}", text.trim_end()),
-                            ));
-                        }
-                        Ok(())
-                    })
-                    .await?;
-                    // Anything sent ahead of the handshake could be an injection.
-                    if !conn.buffer().is_empty() {
-                        return Err(protocol_error("STARTTLS", "data out of turn"));
+            let stream = starttls(probe, SMTP, "STARTTLS", upgrade, async move || {
+                within(t.io, "starting TLS", async {
+                    write_line(&mut conn, "STARTTLS\r\n", "STARTTLS").await?;
+                    let (code, text) = read_reply(&mut conn, "STARTTLS").await?;
+                    if code != 220 {
+                        return Err(Failure::new(
+                            Reason::StartTlsUnavailable,
+                            format!("the server refused STARTTLS: {}", text.trim_end()),
+                        ));
                     }
-                    let tcp = conn
-                        .into_inner()
-                        .into_plain()
-                        .ok_or_else(|| protocol_error("STARTTLS", "already encrypted"))?;
-                    upgrade.handshake(tcp).await
+                    Ok(())
                 })
                 .await?;
-            probe.certificate = cert;
+                Ok(conn)
+            })
+            .await?;
             Replay {
                 prefix: greeting.into_bytes(),
                 pos: 0,
@@ -287,7 +277,7 @@ pub async fn connect(
             within(t.io, "greeting and EHLO", async {
                 AsyncSmtpConnection::connect_with_transport(Box::new(stream), &client_id)
                     .await
-                    .map_err(|e| protocol_error("EHLO", e))
+                    .map_err(|e| protocol_error(SMTP, "EHLO", e))
             }),
         )
         .await?;
@@ -367,7 +357,7 @@ async fn auth_mechanisms(
         .conn
         .command(Line(format!("EHLO {client_id}")))
         .await
-        .map_err(|e| protocol_error("EHLO", e))?;
+        .map_err(|e| protocol_error(SMTP, "EHLO", e))?;
     Ok(reply
         .message()
         .filter_map(|l| {

@@ -8,7 +8,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::config::server::authentication_hint;
 use crate::config::{Credentials, ServerSettings};
-use crate::connection::{Failure, MailStream, Probe, Reason, open, require_starttls, within};
+use crate::connection::{
+    Failure, MailStream, Probe, Reason, open, protocol_error, require_starttls, starttls, within,
+};
 use crate::oauth2::{self, Attempt, no_token_mechanism, sasl::Mechanism};
 use crate::vocab::{ConnectionStage, SecurityType};
 
@@ -18,10 +20,8 @@ pub(crate) use session::ImapMailbox;
 
 pub type ImapSession = Session<MailStream>;
 
-/// A failed IMAP command, as the worker and the connection test report it.
-pub(crate) fn protocol_error(what: &str, e: impl std::fmt::Display) -> Failure {
-    Failure::new(Reason::ProtocolError, format!("IMAP {what} failed: {e}"))
-}
+/// The protocol's name in errors.
+pub(crate) const IMAP: &str = "IMAP";
 
 /// Longest line accepted before sign-in.
 const MAX_LINE: u64 = 64 * 1024;
@@ -32,9 +32,13 @@ async fn read_line(conn: &mut BufReader<MailStream>) -> Result<String, Failure> 
         .take(MAX_LINE)
         .read_until(b'\n', &mut buf)
         .await
-        .map_err(|e| protocol_error("read", e))?;
+        .map_err(|e| protocol_error(IMAP, "read", e))?;
     if n == 0 {
-        return Err(protocol_error("read", "connection closed by the server"));
+        return Err(protocol_error(
+            IMAP,
+            "read",
+            "connection closed by the server",
+        ));
     }
     Ok(String::from_utf8_lossy(&buf).trim_end().to_owned())
 }
@@ -53,7 +57,7 @@ async fn command(
             .await?;
         stream.flush().await
     };
-    sent.await.map_err(|e| protocol_error(command, e))?;
+    sent.await.map_err(|e| protocol_error(IMAP, command, e))?;
     let mut untagged = Vec::new();
     loop {
         let line = read_line(conn).await?;
@@ -61,7 +65,7 @@ async fn command(
             return if rest.len() >= 2 && rest[..2].eq_ignore_ascii_case("OK") {
                 Ok(untagged)
             } else {
-                Err(protocol_error(command, rest))
+                Err(protocol_error(IMAP, command, rest))
             };
         }
         untagged.push(line);
@@ -80,7 +84,11 @@ async fn capabilities(conn: &mut BufReader<MailStream>, tag: &str) -> Result<Vec
 fn secured_plain(conn: BufReader<MailStream>, what: &str) -> Result<MailStream, Failure> {
     // Anything the server sent ahead of our next command could be an injection.
     if !conn.buffer().is_empty() {
-        return Err(protocol_error(what, "the server sent data out of turn"));
+        return Err(protocol_error(
+            IMAP,
+            what,
+            "the server sent data out of turn",
+        ));
     }
     Ok(conn.into_inner())
 }
@@ -98,6 +106,7 @@ pub async fn connect(server: &ServerSettings, probe: &mut Probe) -> Result<ImapS
                 let greeting = read_line(&mut conn).await?;
                 if !(greeting.starts_with("* OK") || greeting.starts_with("* PREAUTH")) {
                     return Err(protocol_error(
+                        IMAP,
                         "greeting",
                         format!("unexpected {greeting:?}"),
                     ));
@@ -110,18 +119,13 @@ pub async fn connect(server: &ServerSettings, probe: &mut Probe) -> Result<ImapS
     if ep.security == SecurityType::Tls {
         let offered = caps.iter().any(|c| c.eq_ignore_ascii_case("STARTTLS"));
         require_starttls(probe, offered, ep, "STARTTLS", 993).await?;
-        let (stream, cert) = probe
-            .stage(ConnectionStage::Tls, async {
-                within(t.io, "starting TLS", command(&mut conn, "m2", "STARTTLS"))
-                    .await
-                    .map_err(|f| Failure::new(Reason::StartTlsUnavailable, f.message))?;
-                let tcp = secured_plain(conn, "STARTTLS")?
-                    .into_plain()
-                    .ok_or_else(|| protocol_error("STARTTLS", "connection is already encrypted"))?;
-                upgrade.handshake(tcp).await
-            })
-            .await?;
-        probe.certificate = cert;
+        let stream = starttls(probe, IMAP, "STARTTLS", upgrade, async move || {
+            within(t.io, "starting TLS", command(&mut conn, "m2", "STARTTLS"))
+                .await
+                .map_err(|f| Failure::new(Reason::StartTlsUnavailable, f.message))?;
+            Ok(conn)
+        })
+        .await?;
         conn = BufReader::new(stream);
         caps = within(
             t.io,
@@ -147,7 +151,7 @@ pub async fn connect(server: &ServerSettings, probe: &mut Probe) -> Result<ImapS
                                     Reason::AuthenticationFailed,
                                     authentication_hint(provider, &text),
                                 ),
-                                other => protocol_error("LOGIN", other),
+                                other => protocol_error(IMAP, "LOGIN", other),
                             })
                     })
                     .await
@@ -173,7 +177,7 @@ pub async fn connect(server: &ServerSettings, probe: &mut Probe) -> Result<ImapS
                             async_imap::error::Error::No(said) => {
                                 Attempt::Refused { said, conn: client }
                             }
-                            other => Attempt::Failed(protocol_error("AUTHENTICATE", other)),
+                            other => Attempt::Failed(protocol_error(IMAP, "AUTHENTICATE", other)),
                         })
                     })
                     .await
@@ -186,7 +190,7 @@ pub async fn connect(server: &ServerSettings, probe: &mut Probe) -> Result<ImapS
         session
             .capabilities()
             .await
-            .map_err(|e| protocol_error("CAPABILITY", e))
+            .map_err(|e| protocol_error(IMAP, "CAPABILITY", e))
     })
     .await
     {
@@ -240,6 +244,6 @@ pub fn mailbox_failure(mailbox: &str, e: async_imap::error::Error) -> Failure {
                 text.trim()
             ),
         ),
-        other => protocol_error("SELECT", other),
+        other => protocol_error(IMAP, "SELECT", other),
     }
 }

@@ -10,8 +10,8 @@ use async_imap::types::{Fetch, Mailbox};
 use futures::TryStreamExt;
 use tokio::sync::watch;
 
-use super::{ImapSession, mailbox_failure, protocol_error};
-use crate::connection::{Failure, within};
+use super::{IMAP, ImapSession, mailbox_failure};
+use crate::connection::{Failure, protocol_error, within};
 use crate::incoming::plan::{uid_set, uid_sets};
 
 /// A signed-in IMAP session and what it knows of the server.
@@ -63,7 +63,7 @@ impl ImapMailbox {
                 .uid_search(query)
                 .await
                 .map(|found| found.into_iter().collect())
-                .map_err(|e| protocol_error("UID SEARCH", e))
+                .map_err(|e| protocol_error(IMAP, "UID SEARCH", e))
         })
         .await
     }
@@ -80,10 +80,10 @@ impl ImapMailbox {
             session
                 .uid_fetch(set, items)
                 .await
-                .map_err(|e| protocol_error("UID FETCH", e))?
+                .map_err(|e| protocol_error(IMAP, "UID FETCH", e))?
                 .try_collect()
                 .await
-                .map_err(|e| protocol_error("UID FETCH", e))
+                .map_err(|e| protocol_error(IMAP, "UID FETCH", e))
         })
         .await
     }
@@ -131,11 +131,11 @@ impl ImapMailbox {
             session
                 .uid_store(&set, change)
                 .await
-                .map_err(|e| protocol_error("UID STORE", e))?
+                .map_err(|e| protocol_error(IMAP, "UID STORE", e))?
                 .try_collect::<Vec<_>>()
                 .await
                 .map(drop)
-                .map_err(|e| protocol_error("UID STORE", e))
+                .map_err(|e| protocol_error(IMAP, "UID STORE", e))
         })
         .await
     }
@@ -151,7 +151,7 @@ impl ImapMailbox {
             session
                 .create(folder)
                 .await
-                .map_err(|e| protocol_error("CREATE", e))
+                .map_err(|e| protocol_error(IMAP, "CREATE", e))
         })
         .await;
         self.created.insert(folder.to_owned());
@@ -171,7 +171,7 @@ impl ImapMailbox {
                 session
                     .uid_mv(&set, folder)
                     .await
-                    .map_err(|e| protocol_error(&format!("UID MOVE to {folder:?}"), e))
+                    .map_err(|e| protocol_error(IMAP, &format!("UID MOVE to {folder:?}"), e))
             })
             .await;
         }
@@ -179,7 +179,7 @@ impl ImapMailbox {
             session
                 .uid_copy(&set, folder)
                 .await
-                .map_err(|e| protocol_error(&format!("UID COPY to {folder:?}"), e))
+                .map_err(|e| protocol_error(IMAP, &format!("UID COPY to {folder:?}"), e))
         })
         .await?;
         self.delete(uids).await
@@ -198,18 +198,18 @@ impl ImapMailbox {
                 let _: Vec<_> = session
                     .uid_expunge(&set)
                     .await
-                    .map_err(|e| protocol_error("UID EXPUNGE", e))?
+                    .map_err(|e| protocol_error(IMAP, "UID EXPUNGE", e))?
                     .try_collect()
                     .await
-                    .map_err(|e| protocol_error("UID EXPUNGE", e))?;
+                    .map_err(|e| protocol_error(IMAP, "UID EXPUNGE", e))?;
             } else {
                 let _: Vec<_> = session
                     .expunge()
                     .await
-                    .map_err(|e| protocol_error("EXPUNGE", e))?
+                    .map_err(|e| protocol_error(IMAP, "EXPUNGE", e))?
                     .try_collect()
                     .await
-                    .map_err(|e| protocol_error("EXPUNGE", e))?;
+                    .map_err(|e| protocol_error(IMAP, "EXPUNGE", e))?;
             }
             Ok(())
         })
@@ -220,7 +220,10 @@ impl ImapMailbox {
     pub async fn noop(&mut self) -> Result<(), Failure> {
         let session = &mut self.session;
         within(self.io, "polling", async {
-            session.noop().await.map_err(|e| protocol_error("NOOP", e))
+            session
+                .noop()
+                .await
+                .map_err(|e| protocol_error(IMAP, "NOOP", e))
         })
         .await
     }
@@ -240,7 +243,10 @@ impl ImapMailbox {
         } = self;
         let mut handle = session.idle();
         within(io, "starting IDLE", async {
-            handle.init().await.map_err(|e| protocol_error("IDLE", e))
+            handle
+                .init()
+                .await
+                .map_err(|e| protocol_error(IMAP, "IDLE", e))
         })
         .await?;
         {
@@ -253,10 +259,13 @@ impl ImapMailbox {
                     wait.await
                 }
             };
-            result.map_err(|e| protocol_error("IDLE", e))?;
+            result.map_err(|e| protocol_error(IMAP, "IDLE", e))?;
         }
         let session = within(io, "ending IDLE", async {
-            handle.done().await.map_err(|e| protocol_error("DONE", e))
+            handle
+                .done()
+                .await
+                .map_err(|e| protocol_error(IMAP, "DONE", e))
         })
         .await?;
         Ok(Self {
@@ -274,7 +283,7 @@ impl ImapMailbox {
             session
                 .logout()
                 .await
-                .map_err(|e| protocol_error("LOGOUT", e))
+                .map_err(|e| protocol_error(IMAP, "LOGOUT", e))
         })
         .await;
     }
