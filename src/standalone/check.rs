@@ -15,7 +15,6 @@ use crate::api::validation::ManifestValidator;
 use crate::resolve::Sources;
 use mailroom_core::connection::{ConnectionReport, Failure, Reason};
 use mailroom_core::oauth2::Tokens;
-use mailroom_core::vocab::ResourceId;
 
 /// One server's result.
 #[derive(Debug)]
@@ -39,16 +38,12 @@ pub async fn check(files: &[PathBuf], validator: &ManifestValidator) -> (Snapsho
     let mut results = Vec::new();
     for (key, loaded) in &snapshot.incoming {
         let sources = Sources {
-            namespace: &key.0,
-            secrets: &snapshot.secrets_in(&key.0),
-            config_maps: &snapshot.config_maps_in(&key.0),
+            namespace: &key.namespace,
+            secrets: &snapshot.secrets_in(&key.namespace),
+            config_maps: &snapshot.config_maps_in(&key.namespace),
             tokens: &tokens,
         };
-        let outcome = match crate::resolve::incoming_settings(
-            &ResourceId::new(&key.0, &key.1),
-            &loaded.object.spec,
-            sources,
-        ) {
+        let outcome = match crate::resolve::incoming_settings(key, &loaded.object.spec, sources) {
             Ok(settings) => Ok(mailroom_core::incoming::test_connection(&settings).await),
             Err(f) => Err(f),
         };
@@ -60,9 +55,9 @@ pub async fn check(files: &[PathBuf], validator: &ManifestValidator) -> (Snapsho
     }
     for (key, loaded) in &snapshot.outgoing {
         let sources = Sources {
-            namespace: &key.0,
-            secrets: &snapshot.secrets_in(&key.0),
-            config_maps: &snapshot.config_maps_in(&key.0),
+            namespace: &key.namespace,
+            secrets: &snapshot.secrets_in(&key.namespace),
+            config_maps: &snapshot.config_maps_in(&key.namespace),
             tokens: &tokens,
         };
         let outcome = match crate::resolve::outgoing(&loaded.object.spec, sources) {
@@ -87,7 +82,7 @@ fn days_left(not_after: SystemTime) -> i64 {
 
 /// The printed report of one server.
 pub fn render(c: &Checked) -> String {
-    let mut out = format!("{} {}/{}\n", c.kind, c.key.0, c.key.1);
+    let mut out = format!("{} {}/{}\n", c.kind, c.key.namespace, c.key.name);
     match &c.outcome {
         Err(f) => {
             let _ = writeln!(out, "  ✗ Secret    {}: {}", f.reason, f.message);

@@ -13,12 +13,13 @@ use serde_json::Value;
 
 use crate::api::validation::{ManifestValidator, ValidationError};
 use crate::api::{IncomingEmailServer, OutgoingEmailServer};
+use mailroom_core::vocab::ResourceId;
 
 /// Namespace of a manifest without `metadata.namespace`, as kubectl would use.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// `(namespace, name)`.
-pub type Key = (String, String);
+pub type Key = ResourceId;
 
 /// One document that could not be used.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,13 +163,16 @@ fn load_file(file: &Path, validator: &ManifestValidator, out: &mut Snapshot) {
                 resource(&value, validator, file, out)
             }
             ("v1", "Secret") => data_object(&value, true).map(|(key, data)| {
-                out.secrets.entry(key.0).or_default().insert(key.1, data);
+                out.secrets
+                    .entry(key.namespace)
+                    .or_default()
+                    .insert(key.name, data);
             }),
             ("v1", "ConfigMap") => data_object(&value, false).map(|(key, data)| {
                 out.config_maps
-                    .entry(key.0)
+                    .entry(key.namespace)
                     .or_default()
-                    .insert(key.1, data);
+                    .insert(key.name, data);
             }),
             _ => {
                 tracing::warn!(
@@ -251,8 +255,8 @@ fn duplicate<T>(map: &BTreeMap<Key, Loaded<T>>, key: &Key, kind: &str) -> Result
             "metadata.name".into(),
             format!(
                 "{kind} {}/{} is already defined in {}; names are unique per kind and namespace",
-                key.0,
-                key.1,
+                key.namespace,
+                key.name,
                 first.file.display()
             ),
         )]),
@@ -266,7 +270,7 @@ fn key_of(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta)
         .namespace
         .get_or_insert_with(|| DEFAULT_NAMESPACE.to_owned())
         .clone();
-    (ns, meta.name.clone().unwrap_or_default())
+    ResourceId::new(ns, meta.name.clone().unwrap_or_default())
 }
 
 /// A Secret (`data` base64 and `stringData`) or a ConfigMap (`data` text and
@@ -315,7 +319,7 @@ fn data_object(value: &Value, secret: bool) -> Result<(Key, Data), FieldErrors> 
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(((ns.to_owned(), name.to_owned()), data))
+    Ok((ResourceId::new(ns, name), data))
 }
 
 #[cfg(test)]
@@ -360,7 +364,7 @@ spec:
         std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
         let validator = ManifestValidator::new().unwrap();
         let s = load_dir(dir.path(), &validator).unwrap();
-        let key = ("helpdesk".to_owned(), "support".to_owned());
+        let key = ResourceId::new("helpdesk", "support");
         assert!(s.incoming.contains_key(&key));
         let secret = &s.secrets["helpdesk"]["mail"];
         assert_eq!(secret["password"], b"supportapppasswd");

@@ -18,7 +18,6 @@ use mailroom_core::incoming::worker::WorkerOptions;
 use mailroom_core::oauth2::Tokens;
 use mailroom_core::outgoing::Outbox;
 use mailroom_core::state::FileCursorStore;
-use mailroom_core::vocab::ResourceId;
 
 pub const INCOMING_KIND: &str = "IncomingEmailServer";
 pub const OUTGOING_KIND: &str = "OutgoingEmailServer";
@@ -36,8 +35,8 @@ impl Paths {
     pub fn status_file(&self, kind: &str, key: &Key) -> PathBuf {
         self.status
             .join(kind.to_ascii_lowercase())
-            .join(&key.0)
-            .join(format!("{}.yaml", key.1))
+            .join(&key.namespace)
+            .join(format!("{}.yaml", key.name))
     }
 }
 
@@ -56,10 +55,6 @@ pub struct Supervisor {
     engine: Engine,
     incoming: BTreeMap<Key, Written>,
     outgoing: BTreeMap<Key, Written>,
-}
-
-fn id(key: &Key) -> ResourceId {
-    ResourceId::new(&key.0, &key.1)
 }
 
 #[derive(Serialize)]
@@ -140,19 +135,19 @@ impl Supervisor {
         );
         for key in gone {
             self.outgoing.remove(&key);
-            self.engine.remove_outgoing(&id(&key));
+            self.engine.remove_outgoing(&key);
             self.forget_status(OUTGOING_KIND, &key);
-            tracing::info!(resource = %format!("{OUTGOING_KIND} {}", id(&key)), "removed");
+            tracing::info!(resource = %format!("{OUTGOING_KIND} {}", key), "removed");
         }
         let none = BTreeMap::new();
         for (key, loaded) in &snapshot.outgoing {
             self.engine.apply_outgoing(Desired {
-                id: &id(key),
+                id: key,
                 spec: &loaded.object.spec,
                 generation: loaded.object.metadata.generation,
                 retest: "",
-                secrets: snapshot.secrets.get(&key.0).unwrap_or(&none),
-                config_maps: snapshot.config_maps.get(&key.0).unwrap_or(&none),
+                secrets: snapshot.secrets.get(&key.namespace).unwrap_or(&none),
+                config_maps: snapshot.config_maps.get(&key.namespace).unwrap_or(&none),
                 conditions: &[],
                 on_change: None,
             });
@@ -168,30 +163,30 @@ impl Supervisor {
         );
         for key in gone {
             self.incoming.remove(&key);
-            self.engine.remove_incoming(&id(&key)).await;
+            self.engine.remove_incoming(&key).await;
             self.forget_status(INCOMING_KIND, &key);
-            tracing::info!(resource = %format!("{INCOMING_KIND} {}", id(&key)), "removed; its worker stopped");
+            tracing::info!(resource = %format!("{INCOMING_KIND} {}", key), "removed; its worker stopped");
         }
         let none = BTreeMap::new();
         for (key, loaded) in &snapshot.incoming {
             // Mail from our own outgoing addresses is a loop.
             let own = own_addresses(
-                &key.0,
+                &key.namespace,
                 snapshot
                     .outgoing
                     .iter()
-                    .map(|((ns, _), o)| (ns.as_str(), o.object.spec.email.as_str())),
+                    .map(|(k, o)| (k.namespace.as_str(), o.object.spec.email.as_str())),
             );
             let state = self.paths.state.clone();
             self.engine
                 .apply_incoming(
                     Desired {
-                        id: &id(key),
+                        id: key,
                         spec: &loaded.object.spec,
                         generation: loaded.object.metadata.generation,
                         retest: "",
-                        secrets: snapshot.secrets.get(&key.0).unwrap_or(&none),
-                        config_maps: snapshot.config_maps.get(&key.0).unwrap_or(&none),
+                        secrets: snapshot.secrets.get(&key.namespace).unwrap_or(&none),
+                        config_maps: snapshot.config_maps.get(&key.namespace).unwrap_or(&none),
                         conditions: &[],
                         on_change: None,
                     },
@@ -211,12 +206,12 @@ impl Supervisor {
     pub fn write_status(&mut self) -> std::io::Result<()> {
         let now = jiff::Timestamp::now();
         for (key, written) in &mut self.incoming {
-            if let Some(c) = self.engine.incoming_status(&id(key), now) {
+            if let Some(c) = self.engine.incoming_status(key, now) {
                 write_if_changed(&self.paths, INCOMING_KIND, key, written, c)?;
             }
         }
         for (key, written) in &mut self.outgoing {
-            if let Some(c) = self.engine.outgoing_status(&id(key), &[], now) {
+            if let Some(c) = self.engine.outgoing_status(key, &[], now) {
                 write_if_changed(&self.paths, OUTGOING_KIND, key, written, c)?;
             }
         }
@@ -241,14 +236,14 @@ fn write_if_changed<S: Serialize>(
         api_version: "mailroom.dev/v1alpha1",
         kind,
         metadata: StatusMeta {
-            name: &key.1,
-            namespace: &key.0,
+            name: &key.name,
+            namespace: &key.namespace,
         },
         status: computed.status,
     };
     let text = serde_yaml::to_string(&doc).map_err(std::io::Error::other)?;
     if let Some(ready) = computed.ready_changed {
-        tracing::info!(resource = %format!("{kind} {}", id(key)), ready = %ready.status, reason = %ready.reason, "{}", ready.message);
+        tracing::info!(resource = %format!("{kind} {}", key), ready = %ready.status, reason = %ready.reason, "{}", ready.message);
     }
     if written.text.as_deref() == Some(text.as_str()) {
         return Ok(());

@@ -60,7 +60,7 @@ fn rewrite(
     let defines = |text: &str| {
         secrets_in_text(text)
             .iter()
-            .any(|((ns, name), _)| ns == namespace && name == secret)
+            .any(|(id, _)| id.namespace == namespace && id.name == secret)
     };
     for file in files {
         let Ok(text) = std::fs::read_to_string(file) else {
@@ -107,9 +107,9 @@ fn replace(
             ));
         }
     };
-    let reads_back = secrets_in_text(&updated).iter().any(|((ns, name), data)| {
-        ns == namespace
-            && name == secret
+    let reads_back = secrets_in_text(&updated).iter().any(|(id, data)| {
+        id.namespace == namespace
+            && id.name == secret
             && data
                 .get(key)
                 .is_some_and(|v| String::from_utf8_lossy(v).trim() == new)
