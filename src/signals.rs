@@ -8,7 +8,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 /// Listens for SIGINT and SIGTERM from this call on, so that one arriving
 /// while the process starts up is not lost; the future resolves when one has
 /// arrived. Call it inside the runtime, before anything slow.
-pub fn terminated() -> impl Future<Output = ()> + Send + 'static {
+pub(crate) fn terminated() -> impl Future<Output = ()> + Send + 'static {
     let term = signal(SignalKind::terminate());
     let interrupt = signal(SignalKind::interrupt());
     async move {

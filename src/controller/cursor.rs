@@ -12,11 +12,11 @@ use mailroom_core::state::{Cursor, CursorStore, StateError, StoreFuture};
 const KEY: &str = "cursor.json";
 
 /// The ConfigMap name of a resource's cursor.
-pub fn config_map_name(resource: &str) -> String {
+pub(crate) fn config_map_name(resource: &str) -> String {
     format!("mailroom-cursor-{resource}")
 }
 
-pub struct ConfigMapCursorStore {
+pub(crate) struct ConfigMapCursorStore {
     api: Api<ConfigMap>,
     name: String,
     owner: OwnerReference,

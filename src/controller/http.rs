@@ -15,14 +15,14 @@ use mailroom_core::oauth2::TokenInfo;
 
 /// What the endpoints report on.
 #[derive(Clone, Debug, Default)]
-pub struct HealthState {
+pub(crate) struct HealthState {
     /// Set once the startup checks passed.
     pub ready: Arc<AtomicBool>,
     /// Set once this replica leads and its controllers run (one per scope).
     pub contexts: Arc<OnceLock<Vec<Arc<Context>>>>,
 }
 
-pub fn router(probe: HealthState) -> Router {
+pub(crate) fn router(probe: HealthState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

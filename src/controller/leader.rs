@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 /// What to do with the Lease as found.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Nobody holds it, or the holder let it expire: take it.
     Acquire,
     /// We hold it: renew it.
@@ -24,7 +24,7 @@ pub enum Decision {
 
 /// The client-go rule: a Lease is free when it has no holder or its holder has
 /// not renewed within its duration.
-pub fn decide(lease: Option<&LeaseSpec>, identity: &str, now: jiff::Timestamp) -> Decision {
+pub(crate) fn decide(lease: Option<&LeaseSpec>, identity: &str, now: jiff::Timestamp) -> Decision {
     let Some(spec) = lease else {
         return Decision::Acquire;
     };
@@ -70,10 +70,6 @@ impl LeaseLock {
             identity: identity.to_owned(),
             duration,
         }
-    }
-
-    pub fn identity(&self) -> &str {
-        &self.identity
     }
 
     /// One round: takes or renews the Lease when the rules allow. Ok(true)

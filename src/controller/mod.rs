@@ -13,7 +13,7 @@ pub mod http;
 pub mod leader;
 pub mod run;
 mod secrets;
-pub mod status;
+pub(crate) mod status;
 pub mod writeback;
 
 use std::collections::HashMap;
@@ -41,11 +41,11 @@ pub use status::StatusWork;
 /// The finalizer that lets a worker finish its message before its resource goes.
 pub const FINALIZER: &str = "mailroom.dev/worker";
 /// The one field manager of every write.
-pub const MANAGER: &str = "mailroom";
+pub(crate) const MANAGER: &str = "mailroom";
 /// Annotating an object with a new value runs its connection test again.
 pub const TEST_ANNOTATION: &str = "mailroom.dev/test-connection";
 /// Status counters are written at most this often (conditions at once).
-pub const STATS_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const STATS_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -369,7 +369,7 @@ async fn cleanup_outgoing(
 }
 
 /// Per-object backoff: 5 s doubling to 5 min, reset by a successful reconcile.
-pub fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+pub(crate) fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     let uid = obj.meta().uid.clone().unwrap_or_default();
     let n = {
         let mut failures = unpoisoned(&ctx.failures);
@@ -383,7 +383,7 @@ pub fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) 
 }
 
 /// The wait after the `n`th failure in a row.
-pub fn backoff(n: u32) -> Duration {
+pub(crate) fn backoff(n: u32) -> Duration {
     let secs = 5u64.saturating_mul(1u64 << n.saturating_sub(1).min(10));
     Duration::from_secs(secs.min(300))
 }

@@ -12,7 +12,7 @@ use crate::runtime::Data;
 
 /// What was read: by name, the data of each Secret and ConfigMap that exists.
 #[derive(Clone, Default)]
-pub struct Fetched {
+pub(crate) struct Fetched {
     pub secrets: BTreeMap<String, Data>,
     pub config_maps: BTreeMap<String, Data>,
 }
@@ -54,7 +54,7 @@ fn config_map_data(c: ConfigMap) -> Data {
 
 /// Reads the named objects of `namespace`; a missing one is simply absent
 /// (resolving then reports SecretNotFound), any other failure is an error.
-pub async fn fetch(
+pub(crate) async fn fetch(
     client: &Client,
     namespace: &str,
     names: &Names,

@@ -14,7 +14,7 @@ use crate::runtime::Data;
 use mailroom_core::oauth2::Tokens;
 
 /// A spec the engine runs: its kind and what it references.
-pub trait Spec: Serialize {
+pub(crate) trait Spec: Serialize {
     const KIND: &'static str;
     fn references(&self) -> Names;
 }
@@ -36,7 +36,7 @@ impl Spec for OutgoingEmailServerSpec {
 /// The digest of `spec` in `namespace` with the data it references. Refresh
 /// tokens that the process's own OAuth2 grants wrote back count as the token
 /// they replaced, so a rotation restarts nothing.
-pub fn digest<S: Spec>(
+pub(crate) fn digest<S: Spec>(
     spec: &S,
     namespace: &str,
     secrets: &BTreeMap<String, Data>,

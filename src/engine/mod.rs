@@ -27,7 +27,7 @@ use crate::runtime::{
 };
 use crate::status::FILTER_REJECTING;
 use crate::status::conditions::{READY, primary_conflict};
-pub use digest::{Spec, digest};
+pub(crate) use digest::digest;
 use mailroom_core::incoming::worker::WorkerOptions;
 use mailroom_core::oauth2::Tokens;
 use mailroom_core::outgoing::Outbox;
@@ -36,7 +36,7 @@ use mailroom_core::vocab::ResourceId;
 pub use references::Names;
 
 /// Rejections this recent keep `FilterRejecting` True.
-pub const REJECTING_WINDOW: Duration = Duration::from_secs(3600);
+pub(crate) const REJECTING_WINDOW: Duration = Duration::from_secs(3600);
 
 /// What every runtime of a process is started with.
 pub struct Environment {
@@ -50,7 +50,7 @@ pub struct Environment {
 }
 
 /// One resource as its adapter read it.
-pub struct Desired<'a, S> {
+pub(crate) struct Desired<'a, S> {
     pub id: &'a ResourceId,
     pub spec: &'a S,
     pub generation: Option<i64>,
@@ -67,7 +67,7 @@ pub struct Desired<'a, S> {
 
 /// What `apply` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Applied {
+pub(crate) enum Applied {
     Started,
     Restarted,
     /// The configuration is unchanged: the runtime keeps running.
@@ -76,7 +76,7 @@ pub enum Applied {
 
 /// A status as computed, with what changed since the last one.
 #[derive(Debug)]
-pub struct Computed<S> {
+pub(crate) struct Computed<S> {
     pub status: S,
     /// The Ready condition, when its status or reason changed.
     pub ready_changed: Option<Condition>,
@@ -112,7 +112,7 @@ impl std::fmt::Debug for Engine {
 
 /// From addresses of a namespace's OutgoingEmailServers, sorted and without
 /// repeats: mail from them is a loop. `outgoing` yields `(namespace, email)`.
-pub fn own_addresses<'a>(
+pub(crate) fn own_addresses<'a>(
     namespace: &str,
     outgoing: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Vec<String> {
@@ -194,10 +194,6 @@ impl Engine {
         }
     }
 
-    pub fn tokens(&self) -> &Tokens {
-        &self.env.tokens
-    }
-
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.env.outbox
     }
@@ -205,7 +201,7 @@ impl Engine {
     /// Starts, restarts or keeps an IncomingEmailServer. `own` are the
     /// namespace's own addresses (`own_addresses`); `cursors` makes its cursor
     /// store when it (re)starts.
-    pub async fn apply_incoming(
+    pub(crate) async fn apply_incoming(
         &mut self,
         d: Desired<'_, IncomingEmailServerSpec>,
         own: &[String],
@@ -264,7 +260,7 @@ impl Engine {
     }
 
     /// Starts, restarts or keeps an OutgoingEmailServer (registered in the outbox).
-    pub fn apply_outgoing(&mut self, d: Desired<'_, OutgoingEmailServerSpec>) -> Applied {
+    pub(crate) fn apply_outgoing(&mut self, d: Desired<'_, OutgoingEmailServerSpec>) -> Applied {
         let id = d.id;
         let digest_now = || {
             digest(
@@ -314,7 +310,7 @@ impl Engine {
     }
 
     /// Stops an IncomingEmailServer's worker after the message in flight.
-    pub async fn remove_incoming(&mut self, id: &ResourceId) -> bool {
+    pub(crate) async fn remove_incoming(&mut self, id: &ResourceId) -> bool {
         match self.incoming.remove(id) {
             Some(mut e) => {
                 e.runtime.stop().await;
@@ -325,7 +321,7 @@ impl Engine {
     }
 
     /// Takes an OutgoingEmailServer out of the outbox.
-    pub fn remove_outgoing(&mut self, id: &ResourceId) -> bool {
+    pub(crate) fn remove_outgoing(&mut self, id: &ResourceId) -> bool {
         self.env.outbox.remove(&id.namespace, &id.name);
         match self.outgoing.remove(id) {
             Some(mut e) => {
@@ -350,14 +346,14 @@ impl Engine {
         ids
     }
 
-    pub fn outgoing_ids(&self) -> Vec<ResourceId> {
+    pub(crate) fn outgoing_ids(&self) -> Vec<ResourceId> {
         let mut ids: Vec<_> = self.outgoing.keys().cloned().collect();
         ids.sort();
         ids
     }
 
     /// An IncomingEmailServer's status now.
-    pub fn incoming_status(
+    pub(crate) fn incoming_status(
         &mut self,
         id: &ResourceId,
         now: jiff::Timestamp,
@@ -368,7 +364,7 @@ impl Engine {
 
     /// An OutgoingEmailServer's status now; `other_primaries` are the other
     /// primary servers of its namespace (a conflict when it is primary too).
-    pub fn outgoing_status(
+    pub(crate) fn outgoing_status(
         &mut self,
         id: &ResourceId,
         other_primaries: &[String],

@@ -45,7 +45,7 @@ pub struct Sources<'a> {
 
 /// The sign-in part of a spec.
 #[derive(Clone, Copy, Debug)]
-pub struct AuthRef<'a> {
+pub(crate) struct AuthRef<'a> {
     pub type_: AuthType,
     pub username: &'a str,
     pub password: Option<&'a SecretKeyRef>,
@@ -53,7 +53,10 @@ pub struct AuthRef<'a> {
 }
 
 /// Reads a Secret key as text.
-pub fn secret_text(source: &dyn SecretSource, r: &SecretKeyRef) -> Result<String, SecretError> {
+pub(crate) fn secret_text(
+    source: &dyn SecretSource,
+    r: &SecretKeyRef,
+) -> Result<String, SecretError> {
     let bytes = source.get(&r.name, &r.key)?;
     String::from_utf8(bytes).map_err(|_| SecretError::Unreadable {
         name: r.name.clone(),
@@ -62,7 +65,7 @@ pub fn secret_text(source: &dyn SecretSource, r: &SecretKeyRef) -> Result<String
 }
 
 /// Resolves credentials: the password, or the OAuth2 grant's shared session.
-pub fn credentials(
+pub(crate) fn credentials(
     sources: Sources<'_>,
     provider: Provider,
     auth: AuthRef<'_>,
@@ -154,7 +157,7 @@ fn grant(
 
 /// The proxy from the spec, with its credentials (keys `username` and
 /// `password`) read from its Secret.
-pub fn proxy_settings(
+pub(crate) fn proxy_settings(
     spec: Option<&ProxySpec>,
     source: &dyn SecretSource,
 ) -> Result<Option<ProxySettings>, Failure> {
@@ -185,7 +188,7 @@ pub fn proxy_settings(
 }
 
 /// TLS options from the spec, with the CA read from its Secret or ConfigMap.
-pub fn tls_options(
+pub(crate) fn tls_options(
     spec: Option<&TlsSpec>,
     source: &dyn SecretSource,
     config_maps: &dyn SecretSource,

@@ -132,17 +132,17 @@ impl IncomingRuntime {
     }
 
     /// The OAuth2 grant's token times, when the server signs in with OAuth2.
-    pub fn oauth2(&self) -> Option<mailroom_core::oauth2::TokenInfo> {
+    pub(crate) fn oauth2(&self) -> Option<mailroom_core::oauth2::TokenInfo> {
         self.credentials.as_ref()?.token_info()
     }
 
     /// The worker's counters, once it was started.
-    pub fn stats(&self) -> Option<&WorkerStats> {
+    pub(crate) fn stats(&self) -> Option<&WorkerStats> {
         self.started.then_some(&*self.stats)
     }
 
     /// The counters, for the runtime that replaces this one.
-    pub fn counters(&self) -> Arc<WorkerStats> {
+    pub(crate) fn counters(&self) -> Arc<WorkerStats> {
         self.stats.clone()
     }
 

@@ -16,10 +16,10 @@ pub use incoming::{IncomingInputs, IncomingRuntime};
 use mailroom_core::config::Credentials;
 use mailroom_core::connection::ConnectionReport;
 use mailroom_core::incoming::worker::unpoisoned;
-pub use outgoing::OutgoingRuntime;
+pub(crate) use outgoing::OutgoingRuntime;
 
 /// Key/value data of a Secret or ConfigMap.
-pub type Data = BTreeMap<String, Vec<u8>>;
+pub(crate) type Data = BTreeMap<String, Vec<u8>>;
 
 /// Secrets (or ConfigMaps) of one namespace by name, looked up by reference.
 /// References never leave the namespace, so there is no other to look in.
@@ -70,7 +70,7 @@ pub trait Runtime {
 
 /// Called when a resource's health changed, so that an adapter can write its
 /// status at once rather than at its next periodic pass.
-pub type OnChange = Arc<dyn Fn() + Send + Sync>;
+pub(crate) type OnChange = Arc<dyn Fn() + Send + Sync>;
 
 /// What the latest connection told.
 #[derive(Debug)]
@@ -113,7 +113,7 @@ impl Shared {
 
     /// Applies `change`; tells the adapter when the health or the way of
     /// scanning changed (status shows both).
-    pub fn update(&self, change: impl FnOnce(&mut Live)) {
+    pub(crate) fn update(&self, change: impl FnOnce(&mut Live)) {
         let changed = {
             let mut live = self.lock();
             let before = (live.health.clone(), live.scanning.clone());

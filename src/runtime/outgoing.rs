@@ -104,7 +104,7 @@ impl OutgoingRuntime {
     }
 
     /// The OAuth2 grant's token times, when the server signs in with OAuth2.
-    pub fn oauth2(&self) -> Option<mailroom_core::oauth2::TokenInfo> {
+    pub(crate) fn oauth2(&self) -> Option<mailroom_core::oauth2::TokenInfo> {
         self.credentials.as_ref()?.token_info()
     }
 

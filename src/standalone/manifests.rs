@@ -16,10 +16,10 @@ use crate::api::{IncomingEmailServer, OutgoingEmailServer};
 use mailroom_core::vocab::ResourceId;
 
 /// Namespace of a manifest without `metadata.namespace`, as kubectl would use.
-pub const DEFAULT_NAMESPACE: &str = "default";
+pub(crate) const DEFAULT_NAMESPACE: &str = "default";
 
 /// `(namespace, name)`.
-pub type Key = ResourceId;
+pub(crate) type Key = ResourceId;
 
 /// One document that could not be used.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,7 +49,7 @@ pub struct Loaded<T> {
     pub file: PathBuf,
 }
 
-pub use crate::runtime::{Data, Lookup};
+pub(crate) use crate::runtime::{Data, Lookup};
 
 /// Everything read from the folder at one moment.
 #[derive(Clone, Debug, Default)]
@@ -67,7 +67,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Files with at least one bad document.
-    pub fn files_with_problems(&self) -> BTreeSet<PathBuf> {
+    pub(crate) fn files_with_problems(&self) -> BTreeSet<PathBuf> {
         self.problems.iter().map(|p| p.file.clone()).collect()
     }
 
@@ -76,7 +76,7 @@ impl Snapshot {
         Lookup::new(self.secrets.get(namespace), "Secret")
     }
 
-    pub fn config_maps_in(&self, namespace: &str) -> Lookup<'_> {
+    pub(crate) fn config_maps_in(&self, namespace: &str) -> Lookup<'_> {
         Lookup::new(self.config_maps.get(namespace), "ConfigMap")
     }
 }
@@ -91,7 +91,7 @@ pub enum LoadError {
 
 /// The YAML files directly in `dir`, sorted; hidden files are skipped (the
 /// status, tickets and state folders live there).
-pub fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+pub(crate) fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let entries = std::fs::read_dir(dir).map_err(|e| LoadError::Folder {
         path: dir.display().to_string(),
         message: e.to_string(),
@@ -106,7 +106,7 @@ pub fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 }
 
 /// Whether a path names a manifest file (by name only).
-pub fn is_manifest(path: &Path) -> bool {
+pub(crate) fn is_manifest(path: &Path) -> bool {
     let hidden = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -121,7 +121,7 @@ pub fn load_dir(dir: &Path, validator: &ManifestValidator) -> Result<Snapshot, L
 }
 
 /// Reads the given files into one snapshot.
-pub fn load_files(files: &[PathBuf], validator: &ManifestValidator) -> Snapshot {
+pub(crate) fn load_files(files: &[PathBuf], validator: &ManifestValidator) -> Snapshot {
     let mut snapshot = Snapshot::default();
     for file in files {
         load_file(file, validator, &mut snapshot);

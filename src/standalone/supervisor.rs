@@ -19,8 +19,8 @@ use mailroom_core::oauth2::Tokens;
 use mailroom_core::outgoing::Outbox;
 use mailroom_core::state::FileCursorStore;
 
-pub const INCOMING_KIND: &str = "IncomingEmailServer";
-pub const OUTGOING_KIND: &str = "OutgoingEmailServer";
+pub(crate) const INCOMING_KIND: &str = "IncomingEmailServer";
+pub(crate) const OUTGOING_KIND: &str = "OutgoingEmailServer";
 
 /// Where standalone mode keeps what it writes.
 #[derive(Clone, Debug)]
@@ -32,7 +32,7 @@ pub struct Paths {
 
 impl Paths {
     /// `DIR/.status/<kind>/<namespace>/<name>.yaml`.
-    pub fn status_file(&self, kind: &str, key: &Key) -> PathBuf {
+    pub(crate) fn status_file(&self, kind: &str, key: &Key) -> PathBuf {
         self.status
             .join(kind.to_ascii_lowercase())
             .join(&key.namespace)
@@ -254,7 +254,7 @@ fn write_if_changed<S: Serialize>(
 }
 
 /// Writes the list of bad documents (or removes it when there is none).
-pub fn write_problems(paths: &Paths, snapshot: &Snapshot) -> std::io::Result<()> {
+pub(crate) fn write_problems(paths: &Paths, snapshot: &Snapshot) -> std::io::Result<()> {
     let file = paths.status.join("problems.yaml");
     if snapshot.problems.is_empty() {
         return match std::fs::remove_file(&file) {

@@ -21,7 +21,7 @@ struct Meta {
 }
 
 /// One row: Namespace, Name, Kind, Ready, Reason, Server, Rejected.
-pub type Row = [String; 7];
+pub(crate) type Row = [String; 7];
 
 fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {

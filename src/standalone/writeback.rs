@@ -16,7 +16,7 @@ use mailroom_core::oauth2::{WriteBack, WriteBackError};
 
 /// Where the Secret manifests are.
 #[derive(Clone, Debug)]
-pub enum SecretFiles {
+pub(crate) enum SecretFiles {
     /// Every manifest file of a folder (`mailroom run`).
     Folder(PathBuf),
     /// The files named on the command line (`mailroom test-connection`).

@@ -9,10 +9,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::api::{CertificateStatus, ConnectionStatus};
 use mailroom_core::connection::{ConnectionReport, Failure, Reason};
 
-pub const READY: &str = "Ready";
-pub const CONNECTION_VERIFIED: &str = "ConnectionVerified";
-pub const RECONCILING: &str = "Reconciling";
-pub const STALLED: &str = "Stalled";
+pub(crate) const READY: &str = "Ready";
+pub(crate) const CONNECTION_VERIFIED: &str = "ConnectionVerified";
+pub(crate) const RECONCILING: &str = "Reconciling";
+pub(crate) const STALLED: &str = "Stalled";
 
 /// What is known of a resource's connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,7 +44,7 @@ fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condit
 
 /// Ready, ConnectionVerified, Reconciling/Stalled (while True) and, when given,
 /// FilterRejecting, with transition times carried over from `previous`.
-pub fn conditions(
+pub(crate) fn conditions(
     health: &Health,
     filter: Option<Condition>,
     generation: Option<i64>,
@@ -151,11 +151,11 @@ fn stamp(c: &mut Condition, generation: Option<i64>, previous: &[Condition], now
         .unwrap_or(Time(now));
 }
 
-pub const PRIMARY_CONFLICT: &str = "PrimaryConflict";
+pub(crate) const PRIMARY_CONFLICT: &str = "PrimaryConflict";
 
 /// `PrimaryConflict`, present only while True: more than one primary server
 /// in the namespace (`others` are the other primaries).
-pub fn primary_conflict(
+pub(crate) fn primary_conflict(
     others: &[String],
     generation: Option<i64>,
     previous: &[Condition],
@@ -178,7 +178,7 @@ pub fn primary_conflict(
 }
 
 /// The Failure a connection report stands for, if it failed.
-pub fn health_of(report: &ConnectionReport) -> Health {
+pub(crate) fn health_of(report: &ConnectionReport) -> Health {
     if report.reason == Reason::Connected {
         Health::Connected
     } else {
@@ -187,7 +187,7 @@ pub fn health_of(report: &ConnectionReport) -> Health {
 }
 
 /// `status.connection` from a staged test.
-pub fn connection_status(report: &ConnectionReport) -> ConnectionStatus {
+pub(crate) fn connection_status(report: &ConnectionReport) -> ConnectionStatus {
     ConnectionStatus {
         tested_at: Time(jiff::Timestamp::try_from(report.tested_at).unwrap_or_default()),
         latency_ms: i64::try_from(report.latency.as_millis()).unwrap_or(i64::MAX),

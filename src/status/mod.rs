@@ -1,14 +1,14 @@
 //! Status computation shared by the controller and standalone mode: core
 //! records in, the resource's status pieces out.
 
-pub mod conditions;
+pub(crate) mod conditions;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::api::{DryRunReport, IncomingStats, OAuth2Status, OutgoingStats, Rejection};
-pub use conditions::{Health, conditions, connection_status, health_of};
+pub(crate) use conditions::{Health, conditions, connection_status, health_of};
 use mailroom_core::filter::RejectionLog;
 use mailroom_core::incoming::worker::WorkerStats;
 use mailroom_core::oauth2::TokenInfo;
@@ -19,7 +19,7 @@ fn count(c: &AtomicU64) -> i64 {
 }
 
 /// `oauth2` of either kind, when it signs in with OAuth2.
-pub fn oauth2_status(info: TokenInfo) -> OAuth2Status {
+pub(crate) fn oauth2_status(info: TokenInfo) -> OAuth2Status {
     OAuth2Status {
         access_token_expiry: info.expires_at.map(Time),
         last_refresh_time: info.last_refresh.map(Time),
@@ -29,7 +29,7 @@ pub fn oauth2_status(info: TokenInfo) -> OAuth2Status {
 }
 
 /// `stats` of an IncomingEmailServer.
-pub fn incoming_stats(stats: &WorkerStats) -> IncomingStats {
+pub(crate) fn incoming_stats(stats: &WorkerStats) -> IncomingStats {
     IncomingStats {
         fetched: count(&stats.fetched),
         tickets_created: count(&stats.tickets_created),
@@ -44,7 +44,7 @@ pub fn incoming_stats(stats: &WorkerStats) -> IncomingStats {
 }
 
 /// `stats` of an OutgoingEmailServer.
-pub fn outgoing_stats(stats: &SendStats) -> OutgoingStats {
+pub(crate) fn outgoing_stats(stats: &SendStats) -> OutgoingStats {
     OutgoingStats {
         sent: count(&stats.sent),
         blocked: count(&stats.blocked),
@@ -59,7 +59,7 @@ pub fn outgoing_stats(stats: &SendStats) -> OutgoingStats {
 }
 
 /// Condition type for rejected mail or recipients.
-pub const FILTER_REJECTING: &str = "FilterRejecting";
+pub(crate) const FILTER_REJECTING: &str = "FilterRejecting";
 
 /// `recentRejections`: the last ones, newest first, never more than ten.
 pub fn recent_rejections(log: &RejectionLog) -> Vec<Rejection> {
@@ -77,7 +77,7 @@ pub fn recent_rejections(log: &RejectionLog) -> Vec<Rejection> {
 
 /// `FilterRejecting`: True while something was rejected since `window_start`,
 /// with the counts per rule and the last rejection as message.
-pub fn filter_rejecting(
+pub(crate) fn filter_rejecting(
     log: &RejectionLog,
     window_start: jiff::Timestamp,
     generation: Option<i64>,

@@ -45,7 +45,7 @@ impl fmt::Debug for ServiceAccounts {
 }
 
 /// The namespace of a ServiceAccount user name (`system:serviceaccount:NS:NAME`).
-pub fn service_account_namespace(username: &str) -> Option<&str> {
+pub(crate) fn service_account_namespace(username: &str) -> Option<&str> {
     let rest = username.strip_prefix("system:serviceaccount:")?;
     let (namespace, name) = rest.split_once(':')?;
     (!namespace.is_empty() && !name.is_empty()).then_some(namespace)

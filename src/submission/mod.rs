@@ -11,8 +11,8 @@
 //! 404 for an unknown server. Tokens come from a file; in a cluster a
 //! ServiceAccount token is reviewed by the API server (`auth`).
 
-pub mod auth;
-pub mod tokens;
+pub(crate) mod auth;
+pub(crate) mod tokens;
 
 use std::sync::Arc;
 

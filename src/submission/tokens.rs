@@ -93,7 +93,7 @@ impl SubmissionTokens {
     }
 
     /// Checks a bearer token for a namespace.
-    pub fn check(&self, bearer: Option<&str>, namespace: &str) -> Result<(), Denied> {
+    pub(crate) fn check(&self, bearer: Option<&str>, namespace: &str) -> Result<(), Denied> {
         let scope = bearer
             .map(str::trim)
             .filter(|t| !t.is_empty())
