@@ -52,7 +52,7 @@ pub enum DefaultsError {
 }
 
 /// The server a provider preset uses for a protocol.
-pub fn preset_server(provider: Provider, protocol: MailProtocol) -> Option<&'static str> {
+pub(crate) fn preset_server(provider: Provider, protocol: MailProtocol) -> Option<&'static str> {
     match (provider, protocol) {
         (Provider::Gmail, MailProtocol::Imap) => Some("imap.gmail.com"),
         (Provider::Gmail, MailProtocol::Pop3) => Some("pop.gmail.com"),
@@ -66,7 +66,7 @@ pub fn preset_server(provider: Provider, protocol: MailProtocol) -> Option<&'sta
 }
 
 /// The well-known port of a protocol with a security type.
-pub fn default_port(protocol: MailProtocol, security: SecurityType) -> u16 {
+pub(crate) fn default_port(protocol: MailProtocol, security: SecurityType) -> u16 {
     match (protocol, security) {
         (MailProtocol::Imap, SecurityType::Ssl) => 993,
         (MailProtocol::Imap, SecurityType::Tls) => 143,

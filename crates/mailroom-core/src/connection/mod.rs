@@ -3,9 +3,9 @@
 //! Protocol clients (IMAP, POP3, SMTP) build on this; nothing here knows a
 //! protocol or Kubernetes.
 
-pub mod proxy;
-pub mod stream;
-pub mod tls;
+pub(crate) mod proxy;
+pub(crate) mod stream;
+pub(crate) mod tls;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -173,7 +173,7 @@ impl Probe {
     }
 
     /// Runs one stage and records its duration and outcome.
-    pub async fn stage<T>(
+    pub(crate) async fn stage<T>(
         &mut self,
         stage: ConnectionStage,
         work: impl Future<Output = Result<T, Failure>>,
@@ -190,7 +190,7 @@ impl Probe {
     }
 
     /// Closes the record: `Connected` when `outcome` is Ok.
-    pub fn finish(self, outcome: Result<(), Failure>) -> ConnectionReport {
+    pub(crate) fn finish(self, outcome: Result<(), Failure>) -> ConnectionReport {
         let (reason, message, stage_reached) = match outcome {
             Ok(()) => (
                 Reason::Connected,
@@ -224,7 +224,7 @@ fn millis(d: Duration) -> i64 {
 }
 
 /// Runs `work` within `limit`, turning the deadline into a `Timeout` failure.
-pub async fn within<T>(
+pub(crate) async fn within<T>(
     limit: Duration,
     what: &str,
     work: impl Future<Output = Result<T, Failure>>,
@@ -238,7 +238,7 @@ pub async fn within<T>(
 }
 
 /// Resolves the server's name.
-pub async fn resolve(
+pub(crate) async fn resolve(
     host: &str,
     port: u16,
     timeouts: Timeouts,
@@ -265,7 +265,10 @@ pub async fn resolve(
 }
 
 /// Opens a TCP connection to the first address that answers.
-pub async fn connect_tcp(addrs: &[SocketAddr], timeouts: Timeouts) -> Result<TcpStream, Failure> {
+pub(crate) async fn connect_tcp(
+    addrs: &[SocketAddr],
+    timeouts: Timeouts,
+) -> Result<TcpStream, Failure> {
     let mut last = None;
     for addr in addrs {
         let attempt = within(timeouts.connect, &format!("connecting to {addr}"), async {
@@ -295,7 +298,7 @@ pub async fn connect_tcp(addrs: &[SocketAddr], timeouts: Timeouts) -> Result<Tcp
 }
 
 /// Runs the TLS handshake over a connected stream and reads the peer certificate.
-pub async fn tls_handshake(
+pub(crate) async fn tls_handshake(
     tcp: TcpStream,
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
@@ -328,7 +331,7 @@ pub async fn tls_handshake(
 /// With securityType TLS, refuses to go on when the server does not offer
 /// STARTTLS (`verb`: STARTTLS or STLS): nothing, least of all the password, is
 /// sent in clear. `ssl_port` is the implicit-TLS port to suggest instead.
-pub async fn require_starttls(
+pub(crate) async fn require_starttls(
     probe: &mut Probe,
     offered: bool,
     endpoint: &crate::config::Endpoint,
@@ -352,7 +355,7 @@ pub async fn require_starttls(
 
 /// A failed command of a mail protocol (`protocol`: IMAP, POP3, SMTP), as
 /// the worker, the sender and the connection test report it.
-pub fn protocol_error(protocol: &str, what: &str, e: impl fmt::Display) -> Failure {
+pub(crate) fn protocol_error(protocol: &str, what: &str, e: impl fmt::Display) -> Failure {
     Failure::new(
         Reason::ProtocolError,
         format!("{protocol} {what} failed: {e}"),
@@ -364,7 +367,7 @@ pub fn protocol_error(protocol: &str, what: &str, e: impl fmt::Display) -> Failu
 /// connection; then nothing may have arrived ahead of the handshake (it could
 /// be an injection), and the plain connection is secured. The certificate goes
 /// into `probe`.
-pub async fn starttls(
+pub(crate) async fn starttls(
     probe: &mut Probe,
     protocol: &str,
     verb: &str,
@@ -401,7 +404,7 @@ pub struct Upgrade {
 impl Upgrade {
     /// Runs the TLS handshake on a plain connection after the server agreed to
     /// STARTTLS.
-    pub async fn handshake(
+    pub(crate) async fn handshake(
         self,
         tcp: TcpStream,
     ) -> Result<(MailStream, Option<CertificateInfo>), Failure> {

@@ -88,7 +88,7 @@ fn failed(proxy: &ProxySettings, what: impl fmt::Display) -> Failure {
 }
 
 /// Opens the tunnel to `host:port` over `tcp`, a connection to the proxy.
-pub async fn tunnel(
+pub(crate) async fn tunnel(
     tcp: TcpStream,
     proxy: &ProxySettings,
     host: &str,

@@ -65,14 +65,14 @@ impl AsyncWrite for MailStream {
 
 impl MailStream {
     /// The TCP stream under a plain connection, for the STARTTLS upgrade.
-    pub fn into_plain(self) -> Option<TcpStream> {
+    pub(crate) fn into_plain(self) -> Option<TcpStream> {
         match self {
             Self::Plain(s) => Some(s),
             Self::Tls(_) => None,
         }
     }
 
-    pub fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+    pub(crate) fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         match self {
             Self::Plain(s) => s.peer_addr(),
             Self::Tls(s) => s.get_ref().0.peer_addr(),

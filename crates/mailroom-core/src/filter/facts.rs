@@ -108,7 +108,7 @@ impl MessageFacts {
     }
 
     /// The sender as recorded in rejections.
-    pub fn sender_for_record(&self) -> Option<String> {
+    pub(crate) fn sender_for_record(&self) -> Option<String> {
         match &self.sender {
             Ok(s) => Some(s.clone()),
             Err(SenderProblem::Malformed(raw)) => Some(raw.clone()),

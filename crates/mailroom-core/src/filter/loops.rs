@@ -37,13 +37,13 @@ impl SlidingLimit {
         }
     }
 
-    pub fn window(&self) -> Duration {
+    pub(crate) fn window(&self) -> Duration {
         self.limit.window
     }
 
     /// Counts one event for `key` at `now`; when `key` already had `max` within
     /// the window, nothing is counted and the number seen is returned.
-    pub fn admit(&mut self, key: &str, now: Instant) -> Result<(), usize> {
+    pub(crate) fn admit(&mut self, key: &str, now: Instant) -> Result<(), usize> {
         let window = self.limit.window;
         let times = self.seen.entry(key.to_owned()).or_default();
         while times
@@ -76,7 +76,7 @@ impl LoopProtection {
     }
 
     /// The header and sender checks; `None` when the message is not automatic.
-    pub fn check(&self, facts: &MessageFacts) -> Option<Verdict> {
+    pub(crate) fn check(&self, facts: &MessageFacts) -> Option<Verdict> {
         if let Some(value) = &facts.auto_submitted
             && !value.eq_ignore_ascii_case("no")
         {
@@ -124,7 +124,7 @@ impl LoopProtection {
     }
 
     /// Counts a would-be ticket; refuses it when the sender is over the limit.
-    pub fn rate_limit(&mut self, facts: &MessageFacts, now: Instant) -> Option<Verdict> {
+    pub(crate) fn rate_limit(&mut self, facts: &MessageFacts, now: Instant) -> Option<Verdict> {
         let key = facts.sender_key.as_ref()?;
         let seen = self.limit.admit(key, now).err()?;
         Some(Verdict::reject(

@@ -7,9 +7,9 @@
 //! rule that decided it (`emails[2]`, `domains[0]`, `keywords[1]`, `noMatch`,
 //! `loop:…`, `sender:…`) and says why in words.
 
-pub mod facts;
-pub mod loops;
-pub mod normalize;
+pub(crate) mod facts;
+pub(crate) mod loops;
+pub(crate) mod normalize;
 pub mod record;
 
 use std::collections::HashMap;
@@ -30,14 +30,14 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    pub fn accept(rule: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn accept(rule: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             accepted: true,
             rule: rule.into(),
             reason: reason.into(),
         }
     }
-    pub fn reject(rule: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn reject(rule: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             accepted: false,
             rule: rule.into(),
@@ -171,7 +171,7 @@ impl Filter {
     }
 
     /// Whether judging needs the message's normalised text (keyword entries).
-    pub fn needs_text(&self) -> bool {
+    pub(crate) fn needs_text(&self) -> bool {
         self.keywords.is_some()
     }
 
@@ -212,7 +212,7 @@ pub struct Judge {
 
 impl Judge {
     /// Whether `MessageFacts` must carry the normalised text.
-    pub fn needs_text(&self) -> bool {
+    pub(crate) fn needs_text(&self) -> bool {
         self.filter.as_ref().is_some_and(Filter::needs_text)
     }
 

@@ -5,7 +5,7 @@
 use unicode_normalization::UnicodeNormalization;
 
 /// Case-folded, NFKC-normalised text with every run of whitespace as one space.
-pub fn text(s: &str) -> String {
+pub(crate) fn text(s: &str) -> String {
     // ASCII needs neither NFKC nor full case folding: the common case stays cheap.
     let folded: String = if s.is_ascii() {
         s.to_ascii_lowercase()
@@ -33,13 +33,13 @@ pub fn text(s: &str) -> String {
 /// A domain in its ASCII (punycode) form, lower case, without a trailing dot.
 /// Unicode domains (`bücher.example`) and their punycode (`xn--bcher-kva.example`)
 /// compare equal.
-pub fn domain(s: &str) -> String {
+pub(crate) fn domain(s: &str) -> String {
     let trimmed = s.trim().trim_end_matches('.');
     idna::domain_to_ascii(trimmed).unwrap_or_else(|_| trimmed.to_ascii_lowercase())
 }
 
 /// An address compared case-insensitively, its domain IDN-normalised.
-pub fn address(s: &str) -> String {
+pub(crate) fn address(s: &str) -> String {
     match s.trim().rsplit_once('@') {
         Some((local, host)) => format!("{}@{}", text(local), domain(host)),
         None => text(s),

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 /// How many recent rejections status keeps.
-pub const RECENT: usize = 10;
+pub(crate) const RECENT: usize = 10;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RejectionRecord {

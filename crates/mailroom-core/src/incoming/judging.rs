@@ -48,7 +48,7 @@ impl Judging {
     }
 
     /// Judges a fetched IMAP batch: `(UID, raw message)` pairs.
-    pub fn batch<'a>(
+    pub(crate) fn batch<'a>(
         &mut self,
         messages: impl IntoIterator<Item = (u32, &'a [u8])>,
         at: jiff::Timestamp,
@@ -73,7 +73,11 @@ impl Judging {
 
     /// Parses and judges one message: a ticket only for what is accepted,
     /// and the verdict to report (none for mail that cannot be parsed).
-    pub fn message(&mut self, raw: &[u8], at: jiff::Timestamp) -> (Outcome, Option<WorkerEvent>) {
+    pub(crate) fn message(
+        &mut self,
+        raw: &[u8],
+        at: jiff::Timestamp,
+    ) -> (Outcome, Option<WorkerEvent>) {
         let message = match ticket::parse(raw) {
             Ok(m) => m,
             Err(e) => return (Outcome::Unparseable(e.to_string()), None),

@@ -19,7 +19,7 @@ use crate::vocab::{ConnectionStage, SecurityType};
 /// Longest status line accepted; RFC 1939 allows 512 octets.
 const MAX_LINE: u64 = 8 * 1024;
 
-pub struct Pop3 {
+pub(crate) struct Pop3 {
     stream: BufReader<MailStream>,
     io: Duration,
 }
@@ -144,7 +144,10 @@ impl Pop3 {
     }
 
     /// Connects, secures and signs in, recording each stage in `probe`.
-    pub async fn connect(server: &ServerSettings, probe: &mut Probe) -> Result<Pop3, Failure> {
+    pub(crate) async fn connect(
+        server: &ServerSettings,
+        probe: &mut Probe,
+    ) -> Result<Pop3, Failure> {
         let t = server.timeouts;
         let ep = &server.endpoint;
         let (stream, upgrade) = open(ep, &server.tls, server.proxy.as_ref(), t, probe).await?;
@@ -270,7 +273,7 @@ impl Pop3 {
     }
 
     /// Number of messages and total size.
-    pub async fn stat(&mut self) -> Result<(u32, u64), Failure> {
+    pub(crate) async fn stat(&mut self) -> Result<(u32, u64), Failure> {
         let text = self.command("STAT", "STAT").await?;
         let mut words = text.split_whitespace();
         let count = words.next().and_then(|w| w.parse().ok());
@@ -298,12 +301,12 @@ impl Pop3 {
     }
 
     /// Message numbers with their unique ids.
-    pub async fn uidl(&mut self) -> Result<Vec<(u32, String)>, Failure> {
+    pub(crate) async fn uidl(&mut self) -> Result<Vec<(u32, String)>, Failure> {
         self.listing("UIDL").await
     }
 
     /// Message numbers with their sizes.
-    pub async fn list(&mut self) -> Result<Vec<(u32, u64)>, Failure> {
+    pub(crate) async fn list(&mut self) -> Result<Vec<(u32, u64)>, Failure> {
         self.listing("LIST")
             .await?
             .into_iter()
@@ -316,13 +319,13 @@ impl Pop3 {
     }
 
     /// One whole message.
-    pub async fn retr(&mut self, n: u32, size_hint: u64) -> Result<Vec<u8>, Failure> {
+    pub(crate) async fn retr(&mut self, n: u32, size_hint: u64) -> Result<Vec<u8>, Failure> {
         self.command(&format!("RETR {n}"), "RETR").await?;
         self.multiline(size_hint).await
     }
 
     /// Marks a message for deletion; it goes when the session ends with QUIT.
-    pub async fn dele(&mut self, n: u32) -> Result<(), Failure> {
+    pub(crate) async fn dele(&mut self, n: u32) -> Result<(), Failure> {
         self.command(&format!("DELE {n}"), "DELE").await.map(drop)
     }
 

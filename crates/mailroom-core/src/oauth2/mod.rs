@@ -20,7 +20,7 @@ use secrecy::SecretString;
 use crate::connection::{Failure, Reason};
 
 /// A server that lists sign-in mechanisms, but none that takes a token.
-pub fn no_token_mechanism(protocol: &str, offered: &[String]) -> Failure {
+pub(crate) fn no_token_mechanism(protocol: &str, offered: &[String]) -> Failure {
     Failure::new(
         Reason::AuthenticationFailed,
         format!(
@@ -31,7 +31,7 @@ pub fn no_token_mechanism(protocol: &str, offered: &[String]) -> Failure {
 }
 
 /// How one sign-in attempt with a token ended, other than signed in.
-pub enum Attempt<S> {
+pub(crate) enum Attempt<S> {
     /// The server refused the token and the connection (`S`) can try again.
     Refused { said: String, conn: S },
     /// Anything else: the sign-in is over.
@@ -41,7 +41,7 @@ pub enum Attempt<S> {
 /// Signs in with the grant's access token and, if the server refuses it,
 /// once more with a newer one (the cached token may have been revoked early).
 /// A token refused right after it was issued is reported, not refreshed again.
-pub async fn sign_in<S, T, F, Fut>(
+pub(crate) async fn sign_in<S, T, F, Fut>(
     session: &TokenSession,
     conn: S,
     mut attempt: F,

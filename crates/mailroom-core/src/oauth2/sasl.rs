@@ -4,13 +4,13 @@
 use secrecy::{ExposeSecret, SecretString};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mechanism {
+pub(crate) enum Mechanism {
     OAuthBearer,
     XOAuth2,
 }
 
 impl Mechanism {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::OAuthBearer => "OAUTHBEARER",
             Self::XOAuth2 => "XOAUTH2",
@@ -22,7 +22,7 @@ impl Mechanism {
     /// mechanisms at all (some POP3 servers keep quiet) gets XOAUTH2, which
     /// every large provider takes; one that lists others but neither of these
     /// cannot take a token.
-    pub fn choose<'a>(offered: impl IntoIterator<Item = &'a str>) -> Option<Self> {
+    pub(crate) fn choose<'a>(offered: impl IntoIterator<Item = &'a str>) -> Option<Self> {
         let offered: Vec<&str> = offered.into_iter().collect();
         let has = |m: Self| offered.iter().any(|o| o.eq_ignore_ascii_case(m.name()));
         if offered.is_empty() {
@@ -37,7 +37,7 @@ impl Mechanism {
     }
 
     /// The client's first message, before base64. It holds the token.
-    pub fn initial_response(
+    pub(crate) fn initial_response(
         self,
         user: &str,
         token: &SecretString,
@@ -57,7 +57,7 @@ impl Mechanism {
 
     /// The answer to a server's error challenge (a JSON status in a `+`
     /// continuation), after which the server sends its final refusal.
-    pub fn error_ack(self) -> &'static str {
+    pub(crate) fn error_ack(self) -> &'static str {
         match self {
             Self::OAuthBearer => "\x01",
             Self::XOAuth2 => "",

@@ -158,14 +158,14 @@ impl TokenSession {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn info(&self) -> TokenInfo {
+    pub(crate) fn info(&self) -> TokenInfo {
         self.lock().info.clone()
     }
 
     /// A token with time left: the cached one, or a new one from the provider
     /// when the cached one is within a tenth of its life (at most five
     /// minutes) of running out.
-    pub async fn access_token(&self) -> Result<AccessToken, Failure> {
+    pub(crate) async fn access_token(&self) -> Result<AccessToken, Failure> {
         let _one = self.refreshing.lock().await;
         {
             let inner = self.lock();
@@ -190,7 +190,7 @@ impl TokenSession {
     /// None when `rejected` was itself just issued (a new one would fare no
     /// better, and asking at every sign-in is the loop that gets a client
     /// blocked); the caller then reports the refusal.
-    pub async fn after_rejection(
+    pub(crate) async fn after_rejection(
         &self,
         rejected: &AccessToken,
     ) -> Result<Option<AccessToken>, Failure> {

@@ -56,7 +56,7 @@ impl Acknowledger {
 
     /// The acknowledgement for `ticket`, or None when its requester has had
     /// enough of them within the window (or there is nobody to answer).
-    pub fn message_for(&self, ticket: &Ticket, now: Instant) -> Option<OutgoingMessage> {
+    pub(crate) fn message_for(&self, ticket: &Ticket, now: Instant) -> Option<OutgoingMessage> {
         let to = ticket.from.as_ref()?.address.clone();
         if self
             .limit

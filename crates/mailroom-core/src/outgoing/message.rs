@@ -154,7 +154,7 @@ pub struct Checked<'a> {
 
 impl OutgoingMessage {
     /// Checks every field; the first problem is named.
-    pub fn validate(&self) -> Result<Checked<'_>, InvalidMessage> {
+    pub(crate) fn validate(&self) -> Result<Checked<'_>, InvalidMessage> {
         let mut recipients: Vec<Address> = Vec::new();
         for (list, values) in [("to", &self.to), ("cc", &self.cc), ("bcc", &self.bcc)] {
             for (i, value) in values.iter().enumerate() {

@@ -173,7 +173,7 @@ impl Outbox {
 
     /// The namespace's primary server. With two (a conflict status reports),
     /// the first by name, so that the choice is stable.
-    pub fn primary(&self, namespace: &str) -> Option<Arc<OutgoingServer>> {
+    pub(crate) fn primary(&self, namespace: &str) -> Option<Arc<OutgoingServer>> {
         self.read()
             .values()
             .find(|s| s.namespace == namespace && s.settings.primary && s.settings.enabled)

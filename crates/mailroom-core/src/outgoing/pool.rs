@@ -18,7 +18,7 @@ use crate::connection::{Failure, Probe};
 const MAX_IDLE_AGE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
-pub enum AttemptError {
+pub(crate) enum AttemptError {
     #[error("{0}")]
     Connect(Failure),
     #[error("{0}")]
@@ -26,7 +26,7 @@ pub enum AttemptError {
 }
 
 #[derive(Debug)]
-pub struct Pool {
+pub(crate) struct Pool {
     idle: Mutex<Vec<SmtpSession>>,
     permits: Semaphore,
 }

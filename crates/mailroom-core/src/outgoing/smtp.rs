@@ -510,7 +510,7 @@ impl SmtpSession {
     }
 
     /// Whether the session can carry another message.
-    pub fn usable(&self) -> bool {
+    pub(crate) fn usable(&self) -> bool {
         !self.conn.has_broken()
     }
 

@@ -50,7 +50,7 @@ impl DirectorySink {
     }
 
     /// Path of a ticket's file.
-    pub fn path_of(&self, key: &str) -> PathBuf {
+    pub(crate) fn path_of(&self, key: &str) -> PathBuf {
         self.dir.join(format!("{key}.json"))
     }
 

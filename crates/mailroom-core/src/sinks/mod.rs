@@ -1,8 +1,8 @@
 //! Where tickets go. A sink accepts a batch durably or not at all; mail is marked
 //! processed only after its ticket was accepted.
 
-pub mod directory;
-pub mod webhook;
+pub(crate) mod directory;
+pub(crate) mod webhook;
 
 use std::sync::Arc;
 

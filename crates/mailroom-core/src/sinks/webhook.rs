@@ -14,9 +14,9 @@ use crate::connection::{TlsOptions, client_config};
 use crate::ticket::Ticket;
 
 /// Header carrying `sha256=<hex HMAC of the body>`.
-pub const SIGNATURE_HEADER: &str = "X-Mailroom-Signature";
+pub(crate) const SIGNATURE_HEADER: &str = "X-Mailroom-Signature";
 /// CloudEvents type of a new ticket.
-pub const EVENT_TYPE: &str = "dev.mailroom.ticket.created";
+pub(crate) const EVENT_TYPE: &str = "dev.mailroom.ticket.created";
 
 pub struct WebhookSink {
     client: reqwest::Client,

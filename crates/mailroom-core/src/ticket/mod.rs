@@ -90,7 +90,7 @@ fn id_list(value: &HeaderValue<'_>) -> Vec<String> {
 }
 
 /// The idempotency key of a message in a mailbox.
-pub fn idempotency_key(mailbox: &str, message_id: Option<&str>, raw: &[u8]) -> String {
+pub(crate) fn idempotency_key(mailbox: &str, message_id: Option<&str>, raw: &[u8]) -> String {
     let mut hash = Sha256::new();
     hash.update(mailbox.as_bytes());
     hash.update([0]);

@@ -18,7 +18,7 @@ mod session;
 
 pub(crate) use session::ImapMailbox;
 
-pub type ImapSession = Session<MailStream>;
+pub(crate) type ImapSession = Session<MailStream>;
 
 /// The protocol's name in errors.
 pub(crate) const IMAP: &str = "IMAP";
@@ -94,7 +94,10 @@ fn secured_plain(conn: BufReader<MailStream>, what: &str) -> Result<MailStream, 
 }
 
 /// Connects, secures and signs in, recording each stage in `probe`.
-pub async fn connect(server: &ServerSettings, probe: &mut Probe) -> Result<ImapSession, Failure> {
+pub(crate) async fn connect(
+    server: &ServerSettings,
+    probe: &mut Probe,
+) -> Result<ImapSession, Failure> {
     let t = server.timeouts;
     let ep = &server.endpoint;
     let (stream, upgrade) = open(ep, &server.tls, server.proxy.as_ref(), t, probe).await?;
@@ -235,7 +238,7 @@ impl async_imap::Authenticator for Sasl {
 }
 
 /// Maps a refused SELECT/EXAMINE to `MailboxNotFound`.
-pub fn mailbox_failure(mailbox: &str, e: async_imap::error::Error) -> Failure {
+pub(crate) fn mailbox_failure(mailbox: &str, e: async_imap::error::Error) -> Failure {
     match e {
         async_imap::error::Error::No(text) => Failure::new(
             Reason::MailboxNotFound,

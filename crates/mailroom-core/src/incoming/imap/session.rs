@@ -37,7 +37,7 @@ impl ImapMailbox {
         }
     }
 
-    pub fn offers(&self, capability: &str) -> bool {
+    pub(crate) fn offers(&self, capability: &str) -> bool {
         self.caps.contains(capability)
     }
 
@@ -56,7 +56,7 @@ impl ImapMailbox {
     }
 
     /// `UID SEARCH query`.
-    pub async fn search(&mut self, query: &str) -> Result<Vec<u32>, Failure> {
+    pub(crate) async fn search(&mut self, query: &str) -> Result<Vec<u32>, Failure> {
         let session = &mut self.session;
         within(self.io, "searching new mail", async {
             session
@@ -69,7 +69,7 @@ impl ImapMailbox {
     }
 
     /// `UID FETCH` of `set` with `items`, every answer collected.
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &mut self,
         set: &str,
         items: &str,
@@ -91,7 +91,7 @@ impl ImapMailbox {
     /// The sizes of `uids`, in their order, from the server's index: no
     /// message is downloaded to learn its size. A message the answer leaves
     /// out counts 0, so it is still fetched (and judged by its body).
-    pub async fn sizes(&mut self, uids: &[u32]) -> Result<Vec<(u32, u64)>, Failure> {
+    pub(crate) async fn sizes(&mut self, uids: &[u32]) -> Result<Vec<(u32, u64)>, Failure> {
         let mut known: HashMap<u32, u64> = HashMap::with_capacity(uids.len());
         for set in uid_sets(uids) {
             let fetched = self
@@ -110,7 +110,7 @@ impl ImapMailbox {
     }
 
     /// The whole messages `uids`, without setting `\Seen`.
-    pub async fn bodies(&mut self, uids: &[u32]) -> Result<Vec<Fetch>, Failure> {
+    pub(crate) async fn bodies(&mut self, uids: &[u32]) -> Result<Vec<Fetch>, Failure> {
         if uids.is_empty() {
             return Ok(Vec::new());
         }
@@ -119,7 +119,7 @@ impl ImapMailbox {
     }
 
     /// Sets `\Seen` on `uids`.
-    pub async fn mark_seen(&mut self, uids: &[u32]) -> Result<(), Failure> {
+    pub(crate) async fn mark_seen(&mut self, uids: &[u32]) -> Result<(), Failure> {
         self.store(uids, "+FLAGS.SILENT (\\Seen)", "marking mail seen")
             .await
     }
@@ -159,7 +159,7 @@ impl ImapMailbox {
 
     /// Moves `uids` to `folder` (created when missing): MOVE where offered,
     /// else COPY and delete.
-    pub async fn move_to(&mut self, uids: &[u32], folder: &str) -> Result<(), Failure> {
+    pub(crate) async fn move_to(&mut self, uids: &[u32], folder: &str) -> Result<(), Failure> {
         if uids.is_empty() {
             return Ok(());
         }
@@ -187,7 +187,7 @@ impl ImapMailbox {
 
     /// Deletes `uids`: `\Deleted`, then UID EXPUNGE of only these (UIDPLUS),
     /// else a plain EXPUNGE.
-    pub async fn delete(&mut self, uids: &[u32]) -> Result<(), Failure> {
+    pub(crate) async fn delete(&mut self, uids: &[u32]) -> Result<(), Failure> {
         self.store(uids, "+FLAGS.SILENT (\\Deleted)", "deleting mail")
             .await?;
         let set = uid_set(uids);
@@ -217,7 +217,7 @@ impl ImapMailbox {
     }
 
     /// NOOP: lets the server report new mail while polling.
-    pub async fn noop(&mut self) -> Result<(), Failure> {
+    pub(crate) async fn noop(&mut self) -> Result<(), Failure> {
         let session = &mut self.session;
         within(self.io, "polling", async {
             session
@@ -230,7 +230,7 @@ impl ImapMailbox {
 
     /// Waits in IDLE until the server reports a change, `refresh` passes, or
     /// `shutdown` turns true.
-    pub async fn idle(
+    pub(crate) async fn idle(
         self,
         refresh: Duration,
         mut shutdown: watch::Receiver<bool>,
@@ -277,7 +277,7 @@ impl ImapMailbox {
     }
 
     /// LOGOUT, best effort: the session ends either way.
-    pub async fn logout(mut self) {
+    pub(crate) async fn logout(mut self) {
         let session = &mut self.session;
         let _ = within(self.io, "logging out", async {
             session

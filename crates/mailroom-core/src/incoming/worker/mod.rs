@@ -111,7 +111,7 @@ pub fn unpoisoned<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl WorkerStats {
     /// Counts what `event` tells.
-    pub fn fold(&self, event: &WorkerEvent) {
+    pub(crate) fn fold(&self, event: &WorkerEvent) {
         match event {
             WorkerEvent::Fetched { count, at } => {
                 self.fetched.fetch_add(*count as u64, Ordering::Relaxed);
