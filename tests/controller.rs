@@ -166,6 +166,17 @@ fn harness(
     obj: &impl serde::Serialize,
     outgoing: &[OutgoingEmailServer],
 ) -> Harness {
+    harness_with_sink(stack, password, obj, outgoing, true)
+}
+
+/// As `harness`; without `default_sink` the operator has no sink of its own.
+fn harness_with_sink(
+    stack: &Stack,
+    password: &str,
+    obj: &impl serde::Serialize,
+    outgoing: &[OutgoingEmailServer],
+    default_sink: bool,
+) -> Harness {
     let api = FakeApi::default();
     api.secrets
         .lock()
@@ -199,7 +210,7 @@ fn harness(
         outgoing_store,
         incoming_trigger,
         status_trigger,
-        default_sink: Some(tickets.path().to_owned()),
+        default_sink: default_sink.then(|| tickets.path().to_owned()),
         options: WorkerOptions {
             backoff_base: Duration::from_millis(50),
             backoff_cap: Duration::from_millis(500),
@@ -473,6 +484,59 @@ async fn a_wrong_password_is_stalled_and_a_missing_secret_is_secret_not_found() 
             .unwrap()
             .contains("mail")
     );
+}
+
+#[tokio::test]
+async fn no_sink_and_an_invalid_spec_are_stalled_and_fetch_nothing() {
+    let stack = Stack::shared();
+    let user = stack.create_user("ctl-nosink").unwrap();
+    let obj = object(stack, &user, "uid-nosink");
+    let h = harness_with_sink(stack, &user.password, &obj, &[], false);
+    reconcile_incoming(Arc::new(obj), h.ctx.clone())
+        .await
+        .unwrap();
+    let status = h.status_patches().last().unwrap()["status"].clone();
+    let ready = condition(&status, "Ready").unwrap();
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("NoSink")),
+        "{status:#}"
+    );
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.ticket.sink")
+    );
+    assert_eq!(condition(&status, "Stalled").unwrap()["status"], "True");
+    assert!(condition(&status, "Reconciling").is_none());
+    assert!(
+        status.get("connection").is_none(),
+        "no connection was made: {status:#}"
+    );
+    h.ctx.stop_all().await;
+
+    let mut obj = object(stack, &user, "uid-invalid");
+    obj.spec.ticket.reference_pattern = Some("[#(\\d+".into());
+    let h = harness(stack, &user.password, &obj, &[]);
+    reconcile_incoming(Arc::new(obj), h.ctx.clone())
+        .await
+        .unwrap();
+    let status = h.status_patches().last().unwrap()["status"].clone();
+    let ready = condition(&status, "Ready").unwrap();
+    assert_eq!(ready["reason"], "InvalidConfig", "{status:#}");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.ticket.referencePattern:"),
+        "{status:#}"
+    );
+    assert_eq!(condition(&status, "Stalled").unwrap()["status"], "True");
+    assert!(h.api.seen().iter().any(|s| s.path.contains("/events")
+        && s.body["type"] == "Warning"
+        && s.body["reason"] == "InvalidConfig"));
+    h.ctx.stop_all().await;
 }
 
 #[test]

@@ -460,6 +460,55 @@ fn a_wrong_password_stalls_within_seconds_and_the_fix_brings_the_waiting_mail_in
 }
 
 #[test]
+fn a_spec_that_cannot_be_used_is_stalled_naming_the_field_until_fixed() {
+    let stack = Stack::shared();
+    let mailbox = stack.create_user("e2e-invalid").unwrap();
+    let sender = stack.create_user("e2e-invalid-sender").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The schema takes any pattern; only compiling it tells it is broken.
+    setup(
+        stack,
+        dir.path(),
+        &mailbox,
+        &sender,
+        "  ticket: {referencePattern: \"[#(\"}\n",
+    );
+    stack
+        .deliver(
+            &mailbox.address,
+            &["From: Ann <ann@customer.example>\r\nTo: x@mailroom.test\r\nSubject: waiting\r\nMessage-ID: <invalid@customer.example>\r\n\r\nhello\r\n"],
+        )
+        .unwrap();
+    let mailroom = Mailroom::start(dir.path());
+    let s = mailroom.wait("incomingemailserver", "support", "InvalidConfig", |s| {
+        condition(s, "Ready").is_some_and(|c| c["reason"] == "InvalidConfig")
+    });
+    assert!(is(&s, "Ready", "False"), "{s:#?}");
+    assert!(is(&s, "Stalled", "True"), "{s:#?}");
+    assert!(condition(&s, "Reconciling").is_none(), "{s:#?}");
+    let message = condition(&s, "Ready").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.starts_with("spec.ticket.referencePattern:"),
+        "{message}"
+    );
+    assert!(
+        mailroom.tickets().is_empty(),
+        "nothing is fetched meanwhile"
+    );
+
+    put(
+        dir.path(),
+        "incoming.yaml",
+        &incoming("support", &mailbox, stack.ports().imaps, "mailbox", ""),
+    );
+    mailroom.wait("incomingemailserver", "support", "Ready once fixed", ready);
+    assert_eq!(mailroom.wait_tickets(1)[0]["subject"], "waiting");
+}
+
+#[test]
 fn an_invalid_manifest_is_reported_the_rest_runs_and_a_removed_one_stops() {
     let stack = Stack::shared();
     let first = stack.create_user("e2e-first").unwrap();
