@@ -32,9 +32,10 @@ use tokio::sync::{Mutex, mpsc};
 use crate::api::{IncomingEmailServer, OutgoingEmailServer};
 use crate::engine::{Applied, Desired, Engine, Environment, Names, own_addresses};
 use crate::runtime::OnChange;
-use mailroom_core::incoming::worker::{WorkerOptions, unpoisoned};
+use mailroom_core::incoming::worker::WorkerOptions;
 use mailroom_core::oauth2::Tokens;
 use mailroom_core::outgoing::Outbox;
+use mailroom_core::sync::unpoisoned;
 use mailroom_core::vocab::ResourceId;
 pub use status::StatusWork;
 

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::{Context, Error, MANAGER, STATS_EVERY, events, identity};
 use crate::api::{IncomingEmailServer, OutgoingEmailServer, OutgoingStats};
-use mailroom_core::incoming::worker::unpoisoned;
+use mailroom_core::sync::unpoisoned;
 use mailroom_core::vocab::ResourceId;
 
 /// A resource whose status should be written now.

@@ -13,12 +13,12 @@ use crate::status::{self, Health};
 use mailroom_core::config::Credentials;
 use mailroom_core::incoming::worker::{
     Counted, Observer, Scanning, Worker, WorkerEvent, WorkerHandle, WorkerOptions, WorkerStats,
-    unpoisoned,
 };
 use mailroom_core::oauth2::Tokens;
 use mailroom_core::outgoing::Outbox;
 use mailroom_core::outgoing::ack::Acknowledger;
 use mailroom_core::state::CursorStore;
+use mailroom_core::sync::unpoisoned;
 use mailroom_core::vocab::ResourceId;
 
 /// Everything a worker is started from.

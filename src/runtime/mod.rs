@@ -15,7 +15,7 @@ use crate::status::Health;
 pub use incoming::{IncomingInputs, IncomingRuntime};
 use mailroom_core::config::Credentials;
 use mailroom_core::connection::ConnectionReport;
-use mailroom_core::incoming::worker::unpoisoned;
+use mailroom_core::sync::unpoisoned;
 pub(crate) use outgoing::OutgoingRuntime;
 
 /// Key/value data of a Secret or ConfigMap.

@@ -14,6 +14,7 @@ use mailroom_core::config::Credentials;
 use mailroom_core::connection::Reason;
 use mailroom_core::oauth2::Tokens;
 use mailroom_core::outgoing::{DEFAULT_POOL_SIZE, Outbox, OutgoingServer, SendStats};
+use mailroom_core::sync::unpoisoned;
 use mailroom_core::vocab::ResourceId;
 
 #[derive(Debug)]
@@ -134,11 +135,7 @@ impl super::Runtime for OutgoingRuntime {
         now: jiff::Timestamp,
     ) -> OutgoingEmailServerStatus {
         let filter = {
-            let log = self
-                .stats
-                .rejections
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let log = unpoisoned(&self.stats.rejections);
             status::filter_rejecting(&log, rejecting_since, generation, now)
         };
         let live = self.shared.lock();
@@ -150,13 +147,7 @@ impl super::Runtime for OutgoingRuntime {
             next_retry_at: None,
             stats: Some(status::outgoing_stats(&self.stats)),
             oauth2: self.oauth2().map(status::oauth2_status),
-            recent_rejections: status::recent_rejections(
-                &self
-                    .stats
-                    .rejections
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()),
-            ),
+            recent_rejections: status::recent_rejections(&unpoisoned(&self.stats.rejections)),
         }
     }
 

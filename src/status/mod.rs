@@ -13,6 +13,7 @@ use mailroom_core::filter::RejectionLog;
 use mailroom_core::incoming::worker::WorkerStats;
 use mailroom_core::oauth2::TokenInfo;
 use mailroom_core::outgoing::SendStats;
+use mailroom_core::sync::unpoisoned;
 
 fn count(c: &AtomicU64) -> i64 {
     i64::try_from(c.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
@@ -35,11 +36,7 @@ pub(crate) fn incoming_stats(stats: &WorkerStats) -> IncomingStats {
         tickets_created: count(&stats.tickets_created),
         rejected: count(&stats.rejected),
         failed: count(&stats.failed),
-        last_fetch_at: stats
-            .last_fetch_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(Time),
+        last_fetch_at: unpoisoned(&stats.last_fetch_at).map(Time),
     }
 }
 
@@ -50,11 +47,7 @@ pub(crate) fn outgoing_stats(stats: &SendStats) -> OutgoingStats {
         blocked: count(&stats.blocked),
         failed: count(&stats.failed),
         failovers: count(&stats.failovers),
-        last_sent_at: stats
-            .last_sent_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(Time),
+        last_sent_at: unpoisoned(&stats.last_sent_at).map(Time),
     }
 }
 

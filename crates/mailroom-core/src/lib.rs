@@ -12,5 +12,6 @@ pub mod oauth2;
 pub mod outgoing;
 pub mod sinks;
 pub mod state;
+pub mod sync;
 pub mod ticket;
 pub mod vocab;

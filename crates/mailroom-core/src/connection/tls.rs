@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::sync::unpoisoned;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -60,11 +61,11 @@ fn public_roots() -> &'static RootCertStore {
 pub fn client_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, TlsConfigError> {
     static CACHE: OnceLock<Mutex<HashMap<TlsOptions, Arc<ClientConfig>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Mutex::default);
-    if let Some(config) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(options) {
+    if let Some(config) = unpoisoned(cache).get(options) {
         return Ok(config.clone());
     }
     let config = build_config(options)?;
-    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cache = unpoisoned(cache);
     if cache.len() >= CACHED_CONFIGS {
         cache.clear();
     }

@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use crate::connection::{Failure, Reason, TlsOptions, client_config};
+use crate::sync::unpoisoned;
 
 /// Longest margin before expiry at which a token is renewed.
 const MARGIN: Duration = Duration::from_secs(300);
@@ -155,7 +156,7 @@ fn remaining(until: Timestamp, now: Timestamp) -> Duration {
 
 impl TokenSession {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        unpoisoned(&self.inner)
     }
 
     pub(crate) fn info(&self) -> TokenInfo {
@@ -461,7 +462,7 @@ impl Tokens {
     fn sessions(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), Arc<TokenSession>>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+        unpoisoned(&self.sessions)
     }
 
     fn http(&self) -> Result<reqwest::Client, Failure> {

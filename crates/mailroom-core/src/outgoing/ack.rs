@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::{Outbox, OutgoingMessage};
 use crate::filter::{RateLimit, SlidingLimit, normalize};
 use crate::incoming::worker::TicketHook;
+use crate::sync::unpoisoned;
 use crate::ticket::Ticket;
 
 /// What acknowledgements say, and how many one sender gets.
@@ -58,10 +59,7 @@ impl Acknowledger {
     /// enough of them within the window (or there is nobody to answer).
     pub(crate) fn message_for(&self, ticket: &Ticket, now: Instant) -> Option<OutgoingMessage> {
         let to = ticket.from.as_ref()?.address.clone();
-        if self
-            .limit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        if unpoisoned(&self.limit)
             .admit(&normalize::address(&to), now)
             .is_err()
         {

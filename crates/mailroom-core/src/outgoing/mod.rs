@@ -16,6 +16,7 @@ use lettre::Address;
 use serde::Serialize;
 
 use crate::filter::{RejectionLog, RejectionRecord};
+use crate::sync::{read_unpoisoned, unpoisoned, write_unpoisoned};
 pub use message::{Checked, Identity, InvalidMessage, OutgoingMessage, new_message_id};
 use pool::{AttemptError, Pool};
 pub use settings::OutgoingSettings;
@@ -183,13 +184,13 @@ impl Outbox {
     fn read(
         &self,
     ) -> std::sync::RwLockReadGuard<'_, BTreeMap<(String, String), Arc<OutgoingServer>>> {
-        self.servers.read().unwrap_or_else(|p| p.into_inner())
+        read_unpoisoned(&self.servers)
     }
 
     fn write(
         &self,
     ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<(String, String), Arc<OutgoingServer>>> {
-        self.servers.write().unwrap_or_else(|p| p.into_inner())
+        write_unpoisoned(&self.servers)
     }
 
     /// Sends through `name` (or the primary). Recipients the chosen server
@@ -293,19 +294,14 @@ async fn attempt(
         match verdict {
             Some(v) if !v.accepted => {
                 server.stats.blocked.fetch_add(1, Ordering::Relaxed);
-                server
-                    .stats
-                    .rejections
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .record(RejectionRecord {
-                        at: jiff::Timestamp::now(),
-                        sender: None,
-                        recipient: Some(rcpt.to_string()),
-                        message_id: Some(message_id.to_owned()),
-                        rule: v.rule.clone(),
-                        reason: v.reason.clone(),
-                    });
+                unpoisoned(&server.stats.rejections).record(RejectionRecord {
+                    at: jiff::Timestamp::now(),
+                    sender: None,
+                    recipient: Some(rcpt.to_string()),
+                    message_id: Some(message_id.to_owned()),
+                    rule: v.rule.clone(),
+                    reason: v.reason.clone(),
+                });
                 done.push(RecipientReport {
                     address: rcpt.to_string(),
                     outcome: Outcome::Blocked,
@@ -343,11 +339,7 @@ async fn attempt(
         Ok(answers) => {
             if answers.contains(&RcptAnswer::Accepted) {
                 server.stats.sent.fetch_add(1, Ordering::Relaxed);
-                *server
-                    .stats
-                    .last_sent_at
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(jiff::Timestamp::now());
+                *unpoisoned(&server.stats.last_sent_at) = Some(jiff::Timestamp::now());
             }
             for (rcpt, answer) in allowed.into_iter().zip(answers) {
                 let (outcome, detail) = match answer {

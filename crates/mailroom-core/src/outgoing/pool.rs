@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use super::OutgoingSettings;
 use super::smtp::{self, RcptAnswer, SmtpSession, TransactionError};
 use crate::connection::{Failure, Probe};
+use crate::sync::unpoisoned;
 
 /// Sessions idle longer than this are closed rather than reused: servers drop
 /// idle clients after a few minutes, and a dead session costs a retry.
@@ -40,7 +41,7 @@ impl Pool {
     }
 
     fn take_idle(&self) -> Option<SmtpSession> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = unpoisoned(&self.idle);
         while let Some(session) = idle.pop() {
             if session.last_used.elapsed() < MAX_IDLE_AGE && session.usable() {
                 return Some(session);
@@ -52,10 +53,7 @@ impl Pool {
     fn give_back(&self, mut session: SmtpSession) {
         if session.usable() {
             session.last_used = std::time::Instant::now();
-            self.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(session);
+            unpoisoned(&self.idle).push(session);
         }
     }
 

@@ -23,6 +23,7 @@ use crate::connection::{ConnectionReport, Failure, Probe, Reason};
 use crate::filter::{RejectionLog, RejectionRecord, Verdict};
 use crate::sinks::{Delivery, Sink, SinkError};
 use crate::state::{Cursor, CursorStore, ImapCursor};
+use crate::sync::unpoisoned;
 use crate::ticket::Ticket;
 use crate::vocab::{ConnectionStage, IncomingProtocol, Mode};
 
@@ -101,12 +102,6 @@ pub struct WorkerStats {
     pub last_fetch_at: Mutex<Option<jiff::Timestamp>>,
     /// Rejections (filter, loop protection, sender), with counts per rule.
     pub rejections: Mutex<RejectionLog>,
-}
-
-/// A lock whose holder panicked still holds good data here (counters and
-/// logs), so it is used rather than dropped.
-pub fn unpoisoned<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl WorkerStats {
