@@ -159,15 +159,18 @@ async fn own_addresses_in_another_order_restart_nothing() {
     );
 }
 
-#[tokio::test]
-async fn no_sink_is_stalled() {
-    let mut e = engine(None);
-    apply(&mut e, &spec(serde_json::json!({})), &secrets("a"), &[]).await;
-    let c = e
-        .incoming_status(&ResourceId::new("helpdesk", "support"), at(0))
+/// The conditions of a resource started from `spec` by `e`.
+async fn conditions_of(mut e: Engine, spec: &IncomingEmailServerSpec) -> Vec<Condition> {
+    apply(&mut e, spec, &secrets("a"), &[]).await;
+    e.incoming_status(&ResourceId::new("helpdesk", "support"), at(0))
         .unwrap()
         .status
-        .conditions;
+        .conditions
+}
+
+#[tokio::test]
+async fn no_sink_is_stalled() {
+    let c = conditions_of(engine(None), &spec(serde_json::json!({}))).await;
     let ready = find(&c, READY).unwrap();
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
@@ -184,14 +187,8 @@ async fn no_sink_is_stalled() {
 
 #[tokio::test]
 async fn an_invalid_spec_is_stalled_naming_the_field() {
-    let mut e = engine(Some(std::env::temp_dir()));
     let bad = spec(serde_json::json!({"ticket": {"referencePattern": "[#(\\d+"}}));
-    apply(&mut e, &bad, &secrets("a"), &[]).await;
-    let c = e
-        .incoming_status(&ResourceId::new("helpdesk", "support"), at(0))
-        .unwrap()
-        .status
-        .conditions;
+    let c = conditions_of(engine(Some(std::env::temp_dir())), &bad).await;
     let ready = find(&c, READY).unwrap();
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),

@@ -9,9 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use kube::Resource;
+use kube::core::object::HasSpec;
 use serde::Serialize;
 
-use super::manifests::{Key, Snapshot};
+use super::manifests::{Data, Key, Loaded, Snapshot};
 use super::writeback::SecretFiles;
 use crate::engine::{Computed, Desired, Engine, Environment, own_addresses};
 use mailroom_core::incoming::worker::WorkerOptions;
@@ -70,6 +72,26 @@ struct StatusDocument<'a, S> {
 struct StatusMeta<'a> {
     name: &'a str,
     namespace: &'a str,
+}
+
+/// A resource of the folder as the engine takes it. Files carry no status
+/// and no re-test annotation; Secrets and ConfigMaps are the namespace's.
+fn desired<'a, K: Resource + HasSpec>(
+    snapshot: &'a Snapshot,
+    key: &'a Key,
+    loaded: &'a Loaded<K>,
+) -> Desired<'a, K::Spec> {
+    static NONE: BTreeMap<String, Data> = BTreeMap::new();
+    Desired {
+        id: key,
+        spec: loaded.object.spec(),
+        generation: loaded.object.meta().generation,
+        retest: "",
+        secrets: snapshot.secrets.get(&key.namespace).unwrap_or(&NONE),
+        config_maps: snapshot.config_maps.get(&key.namespace).unwrap_or(&NONE),
+        conditions: &[],
+        on_change: None,
+    }
 }
 
 /// Keys of running entries that the snapshot no longer has, except those whose
@@ -139,18 +161,8 @@ impl Supervisor {
             self.forget_status(OUTGOING_KIND, &key);
             tracing::info!(resource = %format!("{OUTGOING_KIND} {}", key), "removed");
         }
-        let none = BTreeMap::new();
         for (key, loaded) in &snapshot.outgoing {
-            self.engine.apply_outgoing(Desired {
-                id: key,
-                spec: &loaded.object.spec,
-                generation: loaded.object.metadata.generation,
-                retest: "",
-                secrets: snapshot.secrets.get(&key.namespace).unwrap_or(&none),
-                config_maps: snapshot.config_maps.get(&key.namespace).unwrap_or(&none),
-                conditions: &[],
-                on_change: None,
-            });
+            self.engine.apply_outgoing(desired(snapshot, key, loaded));
             self.outgoing.entry(key.clone()).or_default().file = loaded.file.clone();
         }
     }
@@ -167,7 +179,6 @@ impl Supervisor {
             self.forget_status(INCOMING_KIND, &key);
             tracing::info!(resource = %format!("{INCOMING_KIND} {}", key), "removed; its worker stopped");
         }
-        let none = BTreeMap::new();
         for (key, loaded) in &snapshot.incoming {
             // Mail from our own outgoing addresses is a loop.
             let own = own_addresses(
@@ -179,20 +190,9 @@ impl Supervisor {
             );
             let state = self.paths.state.clone();
             self.engine
-                .apply_incoming(
-                    Desired {
-                        id: key,
-                        spec: &loaded.object.spec,
-                        generation: loaded.object.metadata.generation,
-                        retest: "",
-                        secrets: snapshot.secrets.get(&key.namespace).unwrap_or(&none),
-                        config_maps: snapshot.config_maps.get(&key.namespace).unwrap_or(&none),
-                        conditions: &[],
-                        on_change: None,
-                    },
-                    &own,
-                    || Arc::new(FileCursorStore::new(&state)),
-                )
+                .apply_incoming(desired(snapshot, key, loaded), &own, || {
+                    Arc::new(FileCursorStore::new(&state))
+                })
                 .await;
             self.incoming.entry(key.clone()).or_default().file = loaded.file.clone();
         }
