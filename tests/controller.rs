@@ -157,6 +157,7 @@ struct Harness {
     ctx: Arc<Context>,
     /// Status-only writes the runtimes ask for.
     triggers: mpsc::UnboundedReceiver<StatusWork>,
+    incoming_writer: reflector::store::Writer<IncomingEmailServer>,
     _tickets: tempfile::TempDir,
 }
 
@@ -167,6 +168,21 @@ fn harness(
     outgoing: &[OutgoingEmailServer],
 ) -> Harness {
     harness_with_sink(stack, password, obj, outgoing, true)
+}
+
+/// As `harness`, with `incoming` in the IncomingEmailServer watch cache.
+fn harness_with_cache(
+    stack: &Stack,
+    password: &str,
+    obj: &IncomingEmailServer,
+    incoming: &[IncomingEmailServer],
+) -> Harness {
+    let mut h = harness_with_sink(stack, password, obj, &[], true);
+    for i in incoming {
+        h.incoming_writer
+            .apply_watcher_event(&kube::runtime::watcher::Event::Apply(i.clone()));
+    }
+    h
 }
 
 /// As `harness`; without `default_sink` the operator has no sink of its own.
@@ -188,7 +204,7 @@ fn harness_with_sink(
         .insert("ca".into(), secret("ca", "ca.crt", stack.ca_pem()));
     *api.object.lock().unwrap() = serde_json::to_value(obj).unwrap();
     let client = api.client();
-    let (incoming_store, _) = reflector::store();
+    let (incoming_store, incoming_writer) = reflector::store();
     let (outgoing_store, mut writer) = reflector::store();
     for o in outgoing {
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(o.clone()));
@@ -221,6 +237,7 @@ fn harness_with_sink(
         api,
         ctx,
         triggers,
+        incoming_writer,
         _tickets: tickets,
     }
 }
@@ -484,6 +501,55 @@ async fn a_wrong_password_is_stalled_and_a_missing_secret_is_secret_not_found() 
             .unwrap()
             .contains("mail")
     );
+}
+
+#[tokio::test]
+async fn a_health_change_is_a_status_only_write_that_reads_no_secret() {
+    let stack = Stack::shared();
+    let user = stack.create_user("ctl-status-only").unwrap();
+    let obj = object(stack, &user, "uid-status-only");
+    let mut h = harness_with_cache(stack, &user.password, &obj, std::slice::from_ref(&obj));
+    reconcile_incoming(Arc::new(obj), h.ctx.clone())
+        .await
+        .unwrap();
+    let first = h.api.take();
+    assert!(
+        first.iter().any(|s| s.path.contains("/secrets/")),
+        "reconcile reads its Secrets"
+    );
+    let (_, idle) = mpsc::unbounded_channel();
+    let work = std::mem::replace(&mut h.triggers, idle);
+    let follower = tokio::spawn(mailroom::controller::status::follow(h.ctx.clone(), work));
+    // The worker connects: its health changes, and the status says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        if let Some(status) = h.status_patches().last().map(|p| p["status"].clone())
+            && condition(&status, "Ready").is_some_and(|c| c["status"] == "True")
+        {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no status-only write: {:?}",
+            h.api.seen().iter().map(|s| &s.path).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ready["connection"]["stageReached"], "Done");
+    // (The worker itself reads its cursor ConfigMap; that is not the write's.)
+    let after = h.api.seen();
+    assert!(
+        after
+            .iter()
+            .all(|s| !(s.method == "GET" && s.path.contains("/secrets/"))),
+        "the status-only write read no Secret: {:?}",
+        after
+            .iter()
+            .map(|s| (&s.method, &s.path))
+            .collect::<Vec<_>>()
+    );
+    follower.abort();
+    h.ctx.stop_all().await;
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ pub mod http;
 pub mod leader;
 pub mod run;
 mod secrets;
-pub(crate) mod status;
+pub mod status;
 pub mod writeback;
 
 use std::collections::HashMap;

@@ -172,10 +172,7 @@ pub(super) async fn write_outgoing(
 
 /// Status-only writes, as runtimes ask for them; the object comes from the
 /// watch cache.
-pub(crate) async fn follow(
-    ctx: std::sync::Arc<Context>,
-    mut work: mpsc::UnboundedReceiver<StatusWork>,
-) {
+pub async fn follow(ctx: std::sync::Arc<Context>, mut work: mpsc::UnboundedReceiver<StatusWork>) {
     while let Some(w) = work.recv().await {
         let result = match &w {
             StatusWork::Incoming(id) => {
