@@ -525,6 +525,7 @@ async fn acknowledgements_are_sent_once_per_new_ticket_and_never_to_automatic_ma
     let stack = Stack::shared();
     let mailbox = stack.create_user("acked").unwrap();
     let requester = stack.create_user("requester").unwrap();
+    let outlook = stack.create_user("outlook-user").unwrap();
     let (outbox, _) = outbox_with(stack, "ack-sender", |_| {});
     let ack = Arc::new(Acknowledger::new(
         outbox,
@@ -565,17 +566,20 @@ async fn acknowledgements_are_sent_once_per_new_ticket_and_never_to_automatic_ma
                 request(1, &requester.address, ""),
                 // An out-of-office answer: never a ticket, never acknowledged.
                 request(2, &requester.address, "Auto-Submitted: auto-replied\r\n"),
+                // A person's request that asks for no automatic answers: a
+                // ticket, and no acknowledgement.
+                request(3, &outlook.address, "X-Auto-Response-Suppress: All\r\n"),
             ],
         )
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut judged = 0;
-    while judged < 3 {
+    while judged < 4 {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, events.recv()).await {
             Ok(Some(WorkerEvent::Judged { .. })) => judged += 1,
             Ok(Some(_)) => {}
-            _ => panic!("the worker judged {judged} of 3 messages"),
+            _ => panic!("the worker judged {judged} of 4 messages"),
         }
     }
     let acks = wait_inbox(stack, &requester.address, 1).await;
@@ -583,6 +587,19 @@ async fn acknowledgements_are_sent_once_per_new_ticket_and_never_to_automatic_ma
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let acks_now = stack.inbox(&requester.address).unwrap();
     assert_eq!(acks_now.len(), 1, "exactly one acknowledgement");
+    assert!(
+        stack.inbox(&outlook.address).unwrap().is_empty(),
+        "X-Auto-Response-Suppress: All gets no acknowledgement"
+    );
+    let tickets: Vec<serde_json::Value> = std::fs::read_dir(out.path().join("t"))
+        .unwrap()
+        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    let suppressed = tickets
+        .iter()
+        .find(|t| t["from"]["address"] == outlook.address.as_str())
+        .expect("the suppressing request is still a ticket");
+    assert_eq!(suppressed["autoReplySuppressed"], true);
     let m = MessageParser::default().parse(&acks[0]).unwrap();
     assert_eq!(m.subject(), Some("Re: printer 1"));
     assert_eq!(

@@ -30,7 +30,8 @@ pub struct MessageFacts {
     pub x_autoreply: bool,
     pub precedence: Option<String>,
     pub delivery_report: bool,
-    /// `X-Auto-Response-Suppress` is set: no acknowledgement, but still a ticket.
+    /// `X-Auto-Response-Suppress` asks for no automatic answer of the kind an
+    /// acknowledgement is: no acknowledgement, but still a ticket.
     pub suppress_auto_reply: bool,
 }
 
@@ -103,7 +104,8 @@ impl MessageFacts {
             precedence: header_text(message, "Precedence").map(|p| p.to_ascii_lowercase()),
             delivery_report: content_type == "multipart/report"
                 || content_type == "message/delivery-status",
-            suppress_auto_reply: header_text(message, "X-Auto-Response-Suppress").is_some(),
+            suppress_auto_reply: header_text(message, "X-Auto-Response-Suppress")
+                .is_some_and(|v| suppresses_acknowledgement(&v)),
         }
     }
 
@@ -113,6 +115,41 @@ impl MessageFacts {
             Ok(s) => Some(s.clone()),
             Err(SenderProblem::Malformed(raw)) => Some(raw.clone()),
             Err(SenderProblem::Missing) => None,
+        }
+    }
+}
+
+/// Whether an `X-Auto-Response-Suppress` value (Microsoft's comma-separated
+/// flags) covers an acknowledgement. `All` and `AutoReply` name it; `OOF`
+/// (out-of-office answers) is taken to cover it too, since an acknowledgement
+/// is the same kind of automatic answer to a person. `DR`, `NDR`, `RN` and
+/// `NRN` are about delivery and read reports, which an acknowledgement is not.
+fn suppresses_acknowledgement(value: &str) -> bool {
+    value.split(',').map(str::trim).any(|flag| {
+        ["All", "AutoReply", "OOF"]
+            .iter()
+            .any(|f| flag.eq_ignore_ascii_case(f))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acknowledgements_are_suppressed_by_all_autoreply_and_oof_only() {
+        for v in [
+            "All",
+            "AutoReply",
+            "OOF",
+            "oof",
+            "DR, AutoReply",
+            " NDR ,All",
+        ] {
+            assert!(suppresses_acknowledgement(v), "{v}");
+        }
+        for v in ["DR", "NDR", "RN", "NRN", "DR, NDR", "", "None"] {
+            assert!(!suppresses_acknowledgement(v), "{v}");
         }
     }
 }

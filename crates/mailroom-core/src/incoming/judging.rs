@@ -85,12 +85,9 @@ impl Judging {
         let facts = MessageFacts::from_message(&message, self.judge.needs_text());
         let verdict = self.judge.judge(&facts, std::time::Instant::now());
         let outcome = if verdict.accepted {
-            Outcome::Ticket(Box::new(ticket::from_message(
-                raw,
-                &message,
-                &self.ticket,
-                at,
-            )))
+            let mut ticket = ticket::from_message(raw, &message, &self.ticket, at);
+            ticket.auto_reply_suppressed = facts.suppress_auto_reply;
+            Outcome::Ticket(Box::new(ticket))
         } else {
             Outcome::Rejected
         };

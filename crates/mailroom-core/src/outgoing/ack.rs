@@ -59,6 +59,10 @@ impl Acknowledger {
     /// enough of them within the window (or there is nobody to answer).
     pub(crate) fn message_for(&self, ticket: &Ticket, now: Instant) -> Option<OutgoingMessage> {
         let to = ticket.from.as_ref()?.address.clone();
+        if ticket.auto_reply_suppressed {
+            tracing::info!(requester = %to, "the message asks for no automatic answer (X-Auto-Response-Suppress); no acknowledgement");
+            return None;
+        }
         if unpoisoned(&self.limit)
             .admit(&normalize::address(&to), now)
             .is_err()
@@ -163,6 +167,10 @@ mod tests {
                 .is_some()
         );
         let later = now + window;
+        // A sender who asked for no automatic answers gets none.
+        let mut suppressed = ticket("carol@example.org", "out of office? no: a request");
+        suppressed.auto_reply_suppressed = true;
+        assert!(ack.message_for(&suppressed, now).is_none());
         assert!(
             ack.message_for(&ticket("ann@example.org", "later"), later)
                 .is_some()

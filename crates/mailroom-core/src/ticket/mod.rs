@@ -58,6 +58,11 @@ pub struct Ticket {
     pub date: Option<String>,
     /// When mailroom took the message in, RFC 3339.
     pub received_at: String,
+    /// The sender asked for no automatic answers (`X-Auto-Response-Suppress`
+    /// All, AutoReply or OOF): mailroom sends no acknowledgement, and a
+    /// helpdesk should send none either.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_reply_suppressed: bool,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -187,6 +192,7 @@ pub fn from_message(
         ticket_reference,
         date: message.date().map(|d| d.to_rfc3339()),
         received_at: received_at.to_string(),
+        auto_reply_suppressed: false,
     }
 }
 
