@@ -758,3 +758,80 @@ async fn many_batches_are_completed_in_fetch_order() {
         1
     );
 }
+
+#[tokio::test]
+async fn pop3_deletes_processed_mail_whose_dele_an_earlier_session_never_committed() {
+    let stack = Stack::shared();
+    let user = stack.create_user("pop-dele-lost").unwrap();
+    let big = format!(
+        "From: Ann <ann@customer.example>\r\nTo: x@mailroom.test\r\nSubject: huge\r\nMessage-ID: <huge-dele@customer.example>\r\n\r\n{}\r\n",
+        "x".repeat(8 * 1024)
+    );
+    let mut first: Vec<String> = (0..3).map(message).collect();
+    first.push(big);
+    stack.deliver(&user.address, &first).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let store: Arc<dyn CursorStore> = Arc::new(FileCursorStore::new(out.path().join("state")));
+    let edit = |delete: bool| {
+        move |s: &mut mailroom::api::IncomingEmailServerSpec| {
+            s.max_message_size = "4Ki".into();
+            if delete {
+                s.after_processing = Some(AfterProcessing::Delete);
+            }
+        }
+    };
+    // The state a crash between the cursor's save and QUIT leaves: every
+    // message processed and in the cursor, and still on the server. (Keep
+    // makes it without a crash.)
+    let s = settings(
+        stack,
+        &user,
+        IncomingProtocol::Pop3,
+        SecurityType::Ssl,
+        edit(false),
+    );
+    let mut run = start(s, dir_sink(&out.path().join("t")), store.clone(), fast());
+    wait_tickets(&out.path().join("t"), 3).await;
+    run.until("the cursor", |e| {
+        matches!(e, WorkerEvent::CursorAdvanced(_))
+    })
+    .await;
+    run.handle.stop().await;
+    assert_eq!(stack.messages(&user.address, "INBOX").unwrap().len(), 4);
+
+    stack
+        .deliver(&user.address, &(3..5).map(message).collect::<Vec<_>>())
+        .unwrap();
+    let s = settings(
+        stack,
+        &user,
+        IncomingProtocol::Pop3,
+        SecurityType::Ssl,
+        edit(true),
+    );
+    let run = start(s, dir_sink(&out.path().join("t")), store, fast());
+    wait_tickets(&out.path().join("t"), 5).await;
+    // The three processed ones are deleted unread, the two new ones after
+    // their tickets; the oversized one was set aside and stays.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let left = loop {
+        let left = stack.messages(&user.address, "INBOX").unwrap();
+        if left.len() == 1 || Instant::now() > deadline {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stats = run.stats.clone();
+    run.handle.stop().await;
+    assert_eq!(left.len(), 1, "processed mail left on the server");
+    assert_eq!(
+        tickets(&out.path().join("t")).len(),
+        5,
+        "no duplicate ticket"
+    );
+    assert_eq!(
+        stats.fetched.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "processed mail was fetched again"
+    );
+}

@@ -18,6 +18,12 @@ pub struct Cursor {
     /// POP3: the UIDLs of messages already processed that are still on the server.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub pop3_seen: BTreeSet<String>,
+    /// POP3: those of `pop3_seen` left on the server on purpose (oversized,
+    /// unparseable, or refused by the sink). With `afterProcessing: Delete`
+    /// every other seen message still on the server is deleted: its DELE was
+    /// lost (the session ended before QUIT committed it).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub pop3_kept: BTreeSet<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +142,7 @@ mod tests {
                 last_uid: 42,
             }),
             pop3_seen: ["a".to_owned()].into(),
+            pop3_kept: ["a".to_owned()].into(),
         };
         store.save("helpdesk/support", &cursor).await.unwrap();
         assert_eq!(store.load("helpdesk/support").await.unwrap(), Some(cursor));

@@ -30,9 +30,21 @@ impl Worker {
         let mut cursor = self.load_cursor().await?;
         let uidl = pop.uidl().await?;
         let sizes: HashMap<u32, u64> = pop.list().await?.into_iter().collect();
-        // Forget messages that are gone from the server: the set stays small.
+        // Forget messages that are gone from the server: the sets stay small.
         let present: HashSet<&str> = uidl.iter().map(|(_, u)| u.as_str()).collect();
         cursor.pop3_seen.retain(|u| present.contains(u.as_str()));
+        cursor.pop3_kept.retain(|u| present.contains(u.as_str()));
+        let delete = self.settings.after_processing == AfterProcessing::Delete && !self.dry_run();
+        if delete {
+            // Processed in an earlier session whose DELE was never committed:
+            // they are tickets (or rejections) already, so they are deleted
+            // without being fetched or judged again.
+            for (n, uid) in &uidl {
+                if cursor.pop3_seen.contains(uid) && !cursor.pop3_kept.contains(uid) {
+                    pop.dele(*n).await?;
+                }
+            }
+        }
         let new: Vec<(u32, String)> = uidl
             .iter()
             .filter(|(_, u)| !cursor.pop3_seen.contains(u))
@@ -52,6 +64,7 @@ impl Worker {
                 let size = sizes.get(n).copied().unwrap_or(0);
                 if size > max {
                     self.quarantined(format!("POP3 message {uid} of {size} bytes is over maxMessageSize ({max} bytes): skipped, left on the server"));
+                    cursor.pop3_kept.insert(uid.clone());
                     continue;
                 }
                 let raw = pop.retr(*n, size).await?;
@@ -65,15 +78,23 @@ impl Worker {
                         numbers.push((*n, uid.clone()));
                     }
                     Outcome::Rejected => rejected.push(*n),
-                    Outcome::Unparseable(e) => self.quarantined(format!(
-                        "POP3 message {uid}: {e}: skipped, left on the server"
-                    )),
+                    Outcome::Unparseable(e) => {
+                        self.quarantined(format!(
+                            "POP3 message {uid}: {e}: skipped, left on the server"
+                        ));
+                        cursor.pop3_kept.insert(uid.clone());
+                    }
                 }
             }
             self.fetched(chunk.len());
             if !self.dry_run() {
                 let accepted = self.deliver(tickets.into()).await?;
-                if self.settings.after_processing == AfterProcessing::Delete {
+                // What the sink refused stays on the server.
+                let refused = (0..numbers.len()).filter(|i| !accepted.contains(i));
+                cursor
+                    .pop3_kept
+                    .extend(refused.map(|i| numbers[i].1.clone()));
+                if delete {
                     let done = accepted.iter().map(|i| numbers[*i].0).chain(rejected);
                     for n in done {
                         pop.dele(n).await?;
