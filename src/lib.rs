@@ -6,6 +6,7 @@
 pub mod api;
 pub mod controller;
 pub mod engine;
+pub mod logging;
 pub mod resolve;
 pub mod runtime;
 pub mod signals;

@@ -172,21 +172,9 @@ enum OAuth2Command {
     },
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    mailroom::logging::init(matches!(cli.log_format, LogFormat::Json));
     let result = match cli.command {
         Command::Crd { dir: None } => print_crds(),
         Command::Crd { dir: Some(dir) } => write_crds(&dir),

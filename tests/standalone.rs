@@ -756,3 +756,78 @@ fn mailroom_tickets(dir: &Path) -> usize {
             .count()
     })
 }
+
+/// Every form a password takes on the wire: as it is, base64, and inside the
+/// SASL PLAIN and LOGIN responses.
+fn wire_forms(user: &str, password: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    vec![
+        password.to_owned(),
+        b64(password),
+        b64(&format!("\0{user}\0{password}")),
+        b64(&format!("{user}\0{user}\0{password}")),
+    ]
+}
+
+#[test]
+fn no_log_level_prints_a_password_of_any_protocol() {
+    let stack = Stack::shared();
+    let mailbox = stack.create_user("e2e-trace").unwrap();
+    let sender = stack.create_user("e2e-trace-sender").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    setup(stack, dir.path(), &mailbox, &sender, "");
+    put(
+        dir.path(),
+        "pop3.yaml",
+        &incoming(
+            "support-pop",
+            &mailbox,
+            stack.ports().pop3s,
+            "mailbox",
+            "  protocol: POP3\n",
+        ),
+    );
+    for filter in [
+        "trace",
+        "async_imap=trace,lettre=trace,imap_proto=trace,trace",
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mailroom"))
+            .args([
+                "test-connection",
+                "-f",
+                "incoming.yaml",
+                "-f",
+                "pop3.yaml",
+                "-f",
+                "outgoing.yaml",
+                "--secret-file",
+                "secrets.yaml",
+                "--secret-file",
+                "ca.yaml",
+            ])
+            .current_dir(dir.path())
+            .env("RUST_LOG", filter)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(0), "{text}");
+        // The log really is at trace: the TLS library's handshake shows.
+        assert!(text.contains("TRACE"), "{text}");
+        for (user, password) in [
+            (&mailbox.address, &mailbox.password),
+            (&sender.address, &sender.password),
+        ] {
+            for form in wire_forms(user, password) {
+                assert!(
+                    !text.contains(&form),
+                    "RUST_LOG={filter} printed a password (as {form:?})"
+                );
+            }
+        }
+    }
+}
