@@ -688,3 +688,42 @@ async fn servers_without_oauthbearer_get_xoauth2() {
     }
     assert_eq!(oauth.stats(&client.0).accepted, 3);
 }
+
+#[tokio::test]
+async fn tokens_are_refreshed_through_the_resources_proxy() {
+    use testbed::proxy::Proxy;
+    let stack = Stack::shared();
+    let oauth = stack.oauth();
+    for proxy in [Proxy::http(None).unwrap(), Proxy::socks5(None).unwrap()] {
+        let user = stack.create_user("oauth-proxied").unwrap();
+        let client = oauth.register_client(ClientOptions::default());
+        let secrets = grant_secrets(stack, &client, &oauth.grant(&client.0, &user.address));
+        let tokens = Tokens::default();
+        let (mut spec, _) =
+            support::incoming_spec(stack, &user, IncomingProtocol::Imap, SecurityType::Ssl);
+        spec.auth = serde_json::from_value(auth(stack)).unwrap();
+        spec.proxy = Some(serde_json::from_value(serde_json::json!({"url": proxy.url()})).unwrap());
+        let settings = mailroom::resolve::incoming_settings(
+            &mailroom_core::vocab::ResourceId::new(NS, "support"),
+            &spec,
+            sources(&secrets, &tokens),
+        )
+        .unwrap();
+        let report = mailroom_core::incoming::test_connection(&settings).await;
+        assert_eq!(report.reason, Reason::Connected, "{report:?}");
+        assert_eq!(oauth.stats(&client.0).refreshes, 1);
+        // The mail went through the proxy, and so did the token request: the
+        // proxy opened a way to the token endpoint's port too.
+        let endpoint = stack.oauth().token_url();
+        let port = endpoint
+            .rsplit_once(':')
+            .and_then(|(_, rest)| rest.split('/').next())
+            .unwrap()
+            .to_owned();
+        let log = proxy.log();
+        assert!(
+            log.contains(&format!(":{port}")) || log.contains(&format!(".{port}")),
+            "the token endpoint ({endpoint}) was reached around the proxy:\n{log}"
+        );
+    }
+}

@@ -84,6 +84,7 @@ pub fn incoming_settings(
         spec.port,
     )
     .map_err(|e| invalid("server", e))?;
+    let proxy = proxy_settings(spec.proxy.as_ref(), secrets)?;
     let credentials = credentials(
         sources,
         spec.provider,
@@ -93,6 +94,7 @@ pub fn incoming_settings(
             password: spec.auth.password_secret_ref.as_ref(),
             oauth2: spec.auth.oauth2.as_ref(),
         },
+        proxy.as_ref(),
     )?;
     let tls = tls_options(spec.tls.as_ref(), secrets, config_maps)?;
     let pattern = spec
@@ -118,7 +120,7 @@ pub fn incoming_settings(
             provider: spec.provider,
             credentials,
             tls,
-            proxy: proxy_settings(spec.proxy.as_ref(), secrets)?,
+            proxy,
             timeouts: Timeouts::default(),
         },
         protocol: spec.protocol,

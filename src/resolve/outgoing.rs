@@ -23,6 +23,7 @@ pub fn outgoing(
     )
     .map_err(|e| invalid("server", e))?;
     let auth = &spec.authentication;
+    let proxy = proxy_settings(spec.proxy.as_ref(), secrets)?;
     let credentials = if auth.required {
         Some(credentials(
             sources,
@@ -33,6 +34,7 @@ pub fn outgoing(
                 password: auth.password_secret_ref.as_ref(),
                 oauth2: auth.oauth2.as_ref(),
             },
+            proxy.as_ref(),
         )?)
     } else {
         None
@@ -55,7 +57,7 @@ pub fn outgoing(
         provider: spec.provider,
         credentials,
         tls: tls_options(spec.tls.as_ref(), secrets, config_maps)?,
-        proxy: proxy_settings(spec.proxy.as_ref(), secrets)?,
+        proxy,
         timeouts: Timeouts::default(),
         email: spec.email.clone(),
         sender_name: spec.sender_name.clone(),

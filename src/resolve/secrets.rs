@@ -69,6 +69,7 @@ pub(crate) fn credentials(
     sources: Sources<'_>,
     provider: Provider,
     auth: AuthRef<'_>,
+    proxy: Option<&ProxySettings>,
 ) -> Result<Credentials, Failure> {
     let username = auth.username.to_owned();
     match auth.type_ {
@@ -92,7 +93,7 @@ pub(crate) fn credentials(
                     "oauth2 is required for OAuth2 authentication: point oauth2.secretRef at the Secret with client id, client secret and refresh token",
                 )
             })?;
-            let grant = grant(sources.secrets, provider, spec)?;
+            let grant = grant(sources.secrets, provider, spec, proxy)?;
             Ok(Credentials::OAuth2 {
                 username,
                 tokens: sources.tokens.session(sources.namespace, grant)?,
@@ -107,6 +108,7 @@ fn grant(
     source: &dyn SecretSource,
     provider: Provider,
     spec: &OAuth2Spec,
+    proxy: Option<&ProxySettings>,
 ) -> Result<Grant, Failure> {
     let key = |key: &str| {
         secret_text(
@@ -152,6 +154,7 @@ fn grant(
         refresh_token: SecretString::from(key(&spec.refresh_token_key)?),
         token_url,
         scopes,
+        proxy: proxy.cloned(),
     })
 }
 
@@ -253,7 +256,7 @@ mod tests {
 
     #[test]
     fn presets_fill_in_the_token_endpoint_and_mail_scopes() {
-        let g = grant(&oauth_secret(), Provider::Microsoft365, &spec(None)).unwrap();
+        let g = grant(&oauth_secret(), Provider::Microsoft365, &spec(None), None).unwrap();
         assert_eq!(
             g.token_url,
             "https://login.microsoftonline.com/common/oauth2/v2.0/token"
@@ -265,27 +268,34 @@ mod tests {
         );
         assert!(g.scopes.iter().any(|s| s == "offline_access"));
         assert_eq!(g.refresh_token.expose_secret(), "refresh_token-value");
-        let g = grant(&oauth_secret(), Provider::Gmail, &spec(None)).unwrap();
+        let g = grant(&oauth_secret(), Provider::Gmail, &spec(None), None).unwrap();
         assert_eq!(g.token_url, "https://oauth2.googleapis.com/token");
         assert_eq!(g.scopes, ["https://mail.google.com/"]);
         // A tenant of one's own overrides the preset's endpoint.
         let own = "https://login.microsoftonline.com/contoso.example/oauth2/v2.0/token";
-        let g = grant(&oauth_secret(), Provider::Microsoft365, &spec(Some(own))).unwrap();
+        let g = grant(
+            &oauth_secret(),
+            Provider::Microsoft365,
+            &spec(Some(own)),
+            None,
+        )
+        .unwrap();
         assert_eq!(g.token_url, own);
     }
 
     #[test]
     fn other_providers_need_a_token_endpoint_over_https() {
-        let e = grant(&oauth_secret(), Provider::Other, &spec(None)).unwrap_err();
+        let e = grant(&oauth_secret(), Provider::Other, &spec(None), None).unwrap_err();
         assert!(e.message.contains("tokenUrl is required"), "{}", e.message);
         let e = grant(
             &oauth_secret(),
             Provider::Other,
             &spec(Some("http://idp.example.com/token")),
+            None,
         )
         .unwrap_err();
         assert!(e.message.contains("must be https"), "{}", e.message);
-        let e = grant(&Map(BTreeMap::new()), Provider::Gmail, &spec(None)).unwrap_err();
+        let e = grant(&Map(BTreeMap::new()), Provider::Gmail, &spec(None), None).unwrap_err();
         assert_eq!(e.reason, Reason::SecretNotFound);
     }
 }

@@ -45,6 +45,47 @@ impl fmt::Debug for ProxySettings {
 pub struct ProxyUrlError(pub String);
 
 impl ProxySettings {
+    /// The same proxy with the same credentials.
+    pub fn same_as(&self, other: &ProxySettings) -> bool {
+        let creds = |p: &ProxySettings| {
+            p.credentials
+                .as_ref()
+                .map(|(u, pw)| (u.clone(), pw.expose_secret().to_owned()))
+        };
+        (self.kind, &self.host, self.port) == (other.kind, &other.host, other.port)
+            && creds(self) == creds(other)
+    }
+
+    /// The proxy for an HTTP client (OAuth2 token requests): HTTP CONNECT with
+    /// Basic proxy authentication, or SOCKS5 with the credentials in its URL.
+    pub fn for_http(&self) -> Result<reqwest::Proxy, String> {
+        let scheme = match self.kind {
+            ProxyKind::Socks5 { remote_dns: true } => "socks5h",
+            ProxyKind::Socks5 { remote_dns: false } => "socks5",
+            ProxyKind::HttpConnect => "http",
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let url = format!("{scheme}://{host}:{}", self.port);
+        let mut url = reqwest::Url::parse(&url).map_err(|e| e.to_string())?;
+        let proxy = match (&self.credentials, self.kind) {
+            (Some((user, password)), ProxyKind::HttpConnect) => {
+                reqwest::Proxy::all(url).map(|p| p.basic_auth(user, password.expose_secret()))
+            }
+            (Some((user, password)), ProxyKind::Socks5 { .. }) => {
+                url.set_username(user)
+                    .and_then(|()| url.set_password(Some(password.expose_secret())))
+                    .map_err(|()| "the proxy credentials cannot be put in its URL".to_owned())?;
+                reqwest::Proxy::all(url)
+            }
+            (None, _) => reqwest::Proxy::all(url),
+        };
+        proxy.map_err(|e| e.to_string())
+    }
+
     /// Parses `socks5://host:port`, `socks5h://host:port` or `http://host:port`.
     pub fn parse(
         url: &str,

@@ -195,7 +195,7 @@ async fn exchange(
     redirect_uri: &str,
     verifier: &str,
 ) -> Result<SecretString, AuthorizeError> {
-    let http = http_client().map_err(|f| AuthorizeError::Unreachable(f.message))?;
+    let http = http_client(None).map_err(|f| AuthorizeError::Unreachable(f.message))?;
     let form = [
         ("grant_type", "authorization_code"),
         ("code", code),

@@ -5,7 +5,7 @@
 //! their own would invalidate each other.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use crate::connection::{Failure, Reason, TlsOptions, client_config};
+use crate::connection::{Failure, ProxySettings, Reason, TlsOptions, client_config};
 use crate::sync::unpoisoned;
 
 /// Longest margin before expiry at which a token is renewed.
@@ -36,6 +36,9 @@ pub struct Grant {
     pub refresh_token: SecretString,
     pub token_url: String,
     pub scopes: Vec<String>,
+    /// The proxy the token endpoint is reached through: the resource's own,
+    /// since a network that needs it for mail needs it for this too.
+    pub proxy: Option<ProxySettings>,
 }
 
 impl Grant {
@@ -44,6 +47,11 @@ impl Grant {
             && self.client_secret.expose_secret() == other.client_secret.expose_secret()
             && self.token_url == other.token_url
             && self.scopes == other.scopes
+            && match (&self.proxy, &other.proxy) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.same_as(b),
+                _ => false,
+            }
     }
 }
 
@@ -135,7 +143,6 @@ pub struct TokenSession {
     inner: Mutex<Inner>,
     /// One refresh at a time: a second caller waits and takes its result.
     refreshing: tokio::sync::Mutex<()>,
-    http: reqwest::Client,
     writer: Option<Arc<dyn WriteBack>>,
 }
 
@@ -247,8 +254,7 @@ impl TokenSession {
             form.push(("scope", grant.scopes.join(" ")));
         }
         let url = &grant.token_url;
-        let response = self
-            .http
+        let response = http_client(grant.proxy.as_ref())?
             .post(url)
             .form(&form)
             .send()
@@ -412,27 +418,36 @@ fn refusal(grant: &Grant, status: u16, body: &serde_json::Value) -> Failure {
     }
 }
 
-/// The HTTP client for token endpoints: public roots, bounded time.
-pub(crate) fn http_client() -> Result<reqwest::Client, Failure> {
+/// The HTTP client for token endpoints: public roots, bounded time, through
+/// `proxy` when there is one. Built per refresh (about once an hour per
+/// grant), so a grant whose proxy changed uses the new one at once.
+pub(crate) fn http_client(proxy: Option<&ProxySettings>) -> Result<reqwest::Client, Failure> {
     let tls = client_config(&TlsOptions::default())
         .map_err(|e| Failure::new(Reason::TlsHandshakeFailed, e.to_string()))?;
-    reqwest::Client::builder()
+    let setup = |e: reqwest::Error| {
+        Failure::new(
+            Reason::ProtocolError,
+            format!("cannot set up the OAuth2 HTTP client: {e}"),
+        )
+    };
+    let mut builder = reqwest::Client::builder()
         .tls_backend_preconfigured((*tls).clone())
-        .timeout(HTTP_TIMEOUT)
-        .build()
-        .map_err(|e| {
+        .timeout(HTTP_TIMEOUT);
+    if let Some(p) = proxy {
+        builder = builder.proxy(p.for_http().map_err(|e| {
             Failure::new(
-                Reason::ProtocolError,
-                format!("cannot set up the OAuth2 HTTP client: {e}"),
+                Reason::ProxyFailed,
+                format!("the proxy cannot be used for the OAuth2 token endpoint: {e}"),
             )
-        })
+        })?);
+    }
+    builder.build().map_err(setup)
 }
 
 /// Every grant in use in this process, by namespace, Secret and key.
 pub struct Tokens {
     writer: Option<Arc<dyn WriteBack>>,
     sessions: Mutex<HashMap<(String, String, String), Arc<TokenSession>>>,
-    http: OnceLock<reqwest::Client>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -455,7 +470,6 @@ impl Tokens {
         Self {
             writer,
             sessions: Mutex::default(),
-            http: OnceLock::new(),
         }
     }
 
@@ -463,14 +477,6 @@ impl Tokens {
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), Arc<TokenSession>>> {
         unpoisoned(&self.sessions)
-    }
-
-    fn http(&self) -> Result<reqwest::Client, Failure> {
-        if let Some(c) = self.http.get() {
-            return Ok(c.clone());
-        }
-        let client = http_client()?;
-        Ok(self.http.get_or_init(|| client).clone())
     }
 
     /// The session for `grant`, shared with every other user of its Secret key.
@@ -488,7 +494,6 @@ impl Tokens {
             namespace: namespace.to_owned(),
             inner: Mutex::new(Inner::new(grant, 0)),
             refreshing: tokio::sync::Mutex::new(()),
-            http: self.http()?,
             writer: self.writer.clone(),
         });
         Ok(self.sessions().entry(key).or_insert(session).clone())
@@ -534,6 +539,7 @@ mod tests {
             refresh_token: SecretString::from(refresh.to_owned()),
             token_url: "http://127.0.0.1:9/token".into(),
             scopes: Vec::new(),
+            proxy: None,
         }
     }
 
