@@ -857,7 +857,8 @@ async fn startup_names_missing_crds_and_missing_rbac() {
 
 #[tokio::test]
 async fn service_account_tokens_are_reviewed_and_kept_to_their_namespace() {
-    use mailroom::submission::{Authenticator, Denied, ServiceAccounts, SubmissionTokens};
+    use mailroom::controller::review::ServiceAccounts;
+    use mailroom::submission::{Authenticator, Denied, SubmissionTokens};
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let reviews = Arc::new(Mutex::new(Vec::new()));
     let seen = reviews.clone();

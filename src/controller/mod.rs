@@ -11,6 +11,7 @@ pub mod cursor;
 mod events;
 pub mod http;
 pub mod leader;
+pub mod review;
 pub mod run;
 mod secrets;
 pub mod status;

@@ -20,12 +20,13 @@ use tokio::sync::{mpsc, watch};
 
 use super::http::{self, HealthState};
 use super::leader::LeaseLock;
+use super::review::ServiceAccounts;
 use super::{
     Context, ContextParts, Names, error_policy, reconcile_incoming, reconcile_outgoing,
     servers_referencing, trigger_hash,
 };
 use crate::api::{IncomingEmailServer, OutgoingEmailServer};
-use crate::submission::{self, ServiceAccounts, SubmissionTokens};
+use crate::submission::{self, SubmissionTokens};
 use mailroom_core::incoming::worker::WorkerOptions;
 use mailroom_core::outgoing::Outbox;
 

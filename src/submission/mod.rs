@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Serialize;
 
-pub use auth::{Authenticator, ServiceAccounts};
+pub use auth::Authenticator;
 use mailroom_core::outgoing::message::MAX_MESSAGE_BYTES;
 use mailroom_core::outgoing::{Outbox, Outcome, OutgoingMessage, SendError, SendReport};
 pub use tokens::{Denied, SubmissionTokens, TokenError};
