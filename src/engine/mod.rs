@@ -158,7 +158,7 @@ fn compute<R: Runtime>(
         .then(|| ready(after).cloned())
         .flatten();
     let rejecting = rejecting(after)
-        .filter(|now| rejecting(&entry.conditions) != Some(now))
+        .filter(|message| rejecting(&entry.conditions) != Some(message))
         .map(str::to_owned);
     entry.conditions = after.to_vec();
     Computed {
