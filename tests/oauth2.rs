@@ -727,3 +727,56 @@ async fn tokens_are_refreshed_through_the_resources_proxy() {
         );
     }
 }
+
+#[test]
+fn no_log_level_prints_an_oauth2_secret() {
+    use base64::Engine as _;
+    let stack = Stack::shared();
+    let oauth = stack.oauth();
+    let user = stack.create_user("oauth-trace").unwrap();
+    let client = oauth.register_client(ClientOptions::default());
+    let refresh = oauth.grant(&client.0, &user.address);
+    let Folder { server, secret, .. } = &folder(stack, &user, &secret_manifest(&client, &refresh));
+    let out = Command::new(env!("CARGO_BIN_EXE_mailroom"))
+        .args([
+            "test-connection",
+            "-f",
+            server.to_str().unwrap(),
+            "--secret-file",
+            secret.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("TRACE"), "the log is at trace: {text}");
+    assert_eq!(oauth.stats(&client.0).refreshes, 1);
+    // The grant, the token request and answer, and the SASL string built from
+    // the access token (as text, and its base64 up to the token, whichever
+    // mechanism the server took).
+    let b64 = |s: &str| {
+        let whole = s.len() / 3 * 3;
+        base64::engine::general_purpose::STANDARD.encode(&s.as_bytes()[..whole])
+    };
+    let port = stack.ports().imaps;
+    let forbidden = [
+        refresh.clone(),
+        client.1.clone(),
+        "refresh_token=".to_owned(),
+        "access_token".to_owned(),
+        "auth=Bearer".to_owned(),
+        b64(&format!(
+            "n,a={},\x01host=127.0.0.1\x01port={port}\x01auth=Bearer ",
+            user.address
+        )),
+        b64(&format!("user={}\x01auth=Bearer ", user.address)),
+    ];
+    for f in forbidden {
+        assert!(!text.contains(&f), "RUST_LOG=trace printed {f:?}");
+    }
+}
