@@ -14,23 +14,8 @@ use testbed::{Stack, User};
 
 const NS: &str = "helpdesk";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn ca_secret(stack: &Stack) -> String {
-    let pem: String = stack
-        .ca_pem()
-        .lines()
-        .map(|l| format!("    {l}\n"))
-        .collect();
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: ca, namespace: {NS}}}\nstringData:\n  ca.crt: |\n{pem}"
-    )
+    stack.ca_secret_yaml("ca", NS)
 }
 
 fn password_secret(name: &str, password: &str) -> String {
@@ -97,7 +82,7 @@ impl Mailroom {
     }
 
     fn start_with(dir: &Path, extra: &[&str]) -> Self {
-        let listen = free_port();
+        let listen = support::free_port();
         let tokens = dir.join("tokens.txt");
         std::fs::write(&tokens, "e2e-token\n").unwrap();
         let log = dir.join(format!("mailroom-{listen}.log"));

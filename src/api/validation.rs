@@ -87,7 +87,13 @@ impl fmt::Debug for ManifestValidator {
 impl ManifestValidator {
     /// Compiles the schemas and CEL rules of both CRDs once.
     pub fn new() -> Result<Self, SchemaError> {
-        let kinds = crds()
+        Self::for_crds(&crds())
+    }
+
+    /// The same validation for any CRDs: what an API server holding them would
+    /// admit (the test bed's API server admits with it).
+    pub fn for_crds(crds: &[CustomResourceDefinition]) -> Result<Self, SchemaError> {
+        let kinds = crds
             .iter()
             .map(compile_crd)
             .collect::<Result<Vec<_>, _>>()?;
@@ -115,7 +121,14 @@ impl ManifestValidator {
 
         let defaulted = kube_cel::apply_defaults(&target.schema, object);
         let mut errors = metadata_errors(&defaulted);
-        unknown_fields(&target.schema, &defaulted, "", &mut errors);
+        errors.extend(
+            prune_unknown_fields(&target.schema, &mut defaulted.clone())
+                .into_iter()
+                .map(|field| FieldError {
+                    field,
+                    message: "unknown field: check its spelling against `kubectl explain`".into(),
+                }),
+        );
         errors.extend(target.json_schema.iter_errors(&defaulted).map(|e| {
             let mut field = pointer_to_path(e.instance_path().as_str());
             if let jsonschema::error::ValidationErrorKind::Required { property } = e.kind() {
@@ -231,19 +244,29 @@ fn is_dns_subdomain(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
 }
 
-/// Fields the schema does not declare. An API server would prune them silently, and
-/// `kubectl apply` (strict field validation) refuses them; either way a misspelt
-/// field would otherwise be lost without a word.
-fn unknown_fields(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+/// Removes the fields the schema does not declare and returns their paths.
+/// An API server prunes them (or, under strict field validation as `kubectl
+/// apply` asks, refuses them); here they are refused, because a misspelt field
+/// would otherwise be lost without a word.
+pub fn prune_unknown_fields(schema: &Value, value: &mut Value) -> Vec<String> {
+    let mut pruned = Vec::new();
+    prune(schema, value, "", &mut pruned);
+    pruned
+}
+
+fn prune(schema: &Value, value: &mut Value, path: &str, pruned: &mut Vec<String>) {
     if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
         return;
     }
     match value {
         Value::Object(map) => {
-            let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            if properties.is_none() && additional.is_none() {
                 return;
-            };
-            for (key, child) in map {
+            }
+            let keys: Vec<String> = map.keys().cloned().collect();
+            for key in keys {
                 // The API server declares these itself; the CRD schema leaves them out.
                 if path.is_empty() && ["apiVersion", "kind", "metadata"].contains(&key.as_str()) {
                     continue;
@@ -253,20 +276,24 @@ fn unknown_fields(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fi
                 } else {
                     format!("{path}.{key}")
                 };
-                match properties.get(key) {
-                    Some(child_schema) => unknown_fields(child_schema, child, &child_path, errors),
-                    None => errors.push(FieldError {
-                        field: child_path,
-                        message: "unknown field: check its spelling against `kubectl explain`"
-                            .into(),
-                    }),
+                match (
+                    properties.and_then(|p| p.get(&key)).or(additional),
+                    map.get_mut(&key),
+                ) {
+                    (Some(child_schema), Some(child)) => {
+                        prune(child_schema, child, &child_path, pruned)
+                    }
+                    _ => {
+                        map.remove(&key);
+                        pruned.push(child_path);
+                    }
                 }
             }
         }
         Value::Array(items) => {
             if let Some(item_schema) = schema.get("items") {
-                for (i, item) in items.iter().enumerate() {
-                    unknown_fields(item_schema, item, &format!("{path}[{i}]"), errors);
+                for (i, item) in items.iter_mut().enumerate() {
+                    prune(item_schema, item, &format!("{path}[{i}]"), pruned);
                 }
             }
         }

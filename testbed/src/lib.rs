@@ -8,11 +8,14 @@
 //! 127.0.0.2, offers no STARTTLS and accepts passwords in clear: tests use it to
 //! prove that a client refuses to log in there.
 //!
+//! `kube` is a Kubernetes API server double on loopback, for the controller.
+//!
 //! Cleanup does not depend on the test process ending well: a watchdog process
 //! holds a pipe from it and kills the servers' process groups (and removes the
 //! folder) when that pipe closes, whether by drop, exit, panic or kill -9.
 
 mod client;
+pub mod kube;
 pub mod oauth;
 pub mod proxy;
 mod tls;
@@ -597,6 +600,14 @@ impl Stack {
 
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// A Secret manifest holding the CA under `ca.crt`, for `tls.caSecretRef`.
+    pub fn ca_secret_yaml(&self, name: &str, namespace: &str) -> String {
+        let pem: String = self.ca_pem.lines().map(|l| format!("    {l}\n")).collect();
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\nstringData:\n  ca.crt: |\n{pem}"
+        )
     }
 
     /// Path of the CA certificate file.

@@ -18,6 +18,15 @@ use testbed::{Stack, User};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// A loopback port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Every `*.json` file of a folder (e.g. the directory sink's tickets),
 /// parsed; none when the folder does not exist yet.
 pub fn json_files<T: serde::de::DeserializeOwned>(dir: &std::path::Path) -> Vec<T> {

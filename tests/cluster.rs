@@ -1,0 +1,467 @@
+//! End to end in a cluster: the real `mailroom controller` binary, with a
+//! kubeconfig for the chart's ServiceAccount, against the test bed's Kubernetes
+//! API double (RBAC from the rendered chart, admission from `crds/`), driven by
+//! the real `kubectl`, with the real Dovecot and Postfix for the mail.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mailroom::api::validation::{ManifestValidator, ValidationError};
+use serde_json::{Value, json};
+use testbed::Stack;
+use testbed::kube::{KubeApi, KubeOptions, Logged, User};
+
+const NS: &str = "helpdesk";
+const SERVICE_ACCOUNT: &str = "system:serviceaccount:mailroom:mailroom";
+const IES: &str = "incomingemailservers.mailroom.dev";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The chart's RBAC as `helm template` renders it (kept fresh by tests/chart.rs).
+fn chart_rbac() -> Vec<Value> {
+    testbed::kube::read_documents(&root().join("deploy/install.yaml")).unwrap()
+}
+
+struct Cluster {
+    api: KubeApi,
+    dir: tempfile::TempDir,
+    admin: PathBuf,
+    account: PathBuf,
+    controller: Option<Child>,
+}
+
+impl Cluster {
+    fn start(rbac: Vec<Value>) -> Self {
+        let api = KubeApi::start(KubeOptions {
+            crds: testbed::kube::read_documents(&root().join("crds")).unwrap(),
+            rbac,
+            ..KubeOptions::default()
+        })
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let admin = dir.path().join("admin.kubeconfig");
+        api.write_kubeconfig(&admin, api.admin_token(), NS).unwrap();
+        let token = api.add_user(User::service_account("mailroom", "mailroom", &[]));
+        let account = dir.path().join("mailroom.kubeconfig");
+        api.write_kubeconfig(&account, &token, "mailroom").unwrap();
+        let cluster = Self {
+            api,
+            dir,
+            admin,
+            account,
+            controller: None,
+        };
+        cluster.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: mailroom}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n"
+        ));
+        cluster
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        testbed::kube::kubectl(&self.admin, args, stdin).unwrap()
+    }
+
+    /// `kubectl apply -f -`; panics with kubectl's words when it fails.
+    fn apply(&self, yaml: &str) -> String {
+        let out = self.kubectl(&["apply", "-f", "-"], Some(yaml));
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}\n{yaml}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn tickets(&self) -> PathBuf {
+        self.dir.path().join("tickets")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("controller.log")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn start_controller(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_mailroom"))
+            .arg("controller")
+            .args([
+                "--health-listen",
+                &format!("127.0.0.1:{}", support::free_port()),
+            ])
+            .args(["--listen", &format!("127.0.0.1:{}", support::free_port())])
+            .args(["--lease-namespace", "mailroom", "--identity", "pod-a"])
+            .env("KUBECONFIG", &self.account)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.log_path()).unwrap())
+            .spawn()
+            .unwrap();
+        self.controller = Some(child);
+    }
+
+    fn object(&self, name: &str) -> Option<Value> {
+        self.api.object(IES, NS, name)
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, check: impl Fn(&Cluster) -> bool) {
+        let start = Instant::now();
+        while !check(self) {
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}\nobject: {:#}\ncontroller log:\n{}",
+                self.object("support").unwrap_or_default(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn requests_of_controller(&self) -> Vec<Logged> {
+        self.api
+            .requests()
+            .into_iter()
+            .filter(|r| r.user == SERVICE_ACCOUNT)
+            .collect()
+    }
+
+    fn events(&self) -> Vec<String> {
+        let out = self.kubectl(
+            &["get", "events.events.k8s.io", "-n", NS, "-o", "json"],
+            None,
+        );
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["note"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn condition(object: &Value, type_: &str) -> Option<Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+fn secrets_yaml(stack: &Stack, password: &str) -> String {
+    format!(
+        "{}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: mailbox, namespace: {NS}}}\nstringData: {{password: {password:?}}}\n",
+        stack.ca_secret_yaml("ca", NS)
+    )
+}
+
+fn incoming_yaml(stack: &Stack, address: &str, tickets: &Path) -> String {
+    format!(
+        r#"apiVersion: mailroom.dev/v1alpha1
+kind: IncomingEmailServer
+metadata: {{name: support, namespace: {NS}}}
+spec:
+  email: {address}
+  provider: Other
+  server: 127.0.0.1
+  port: {port}
+  securityType: SSL
+  auth: {{passwordSecretRef: {{name: mailbox, key: password}}}}
+  tls: {{caSecretRef: {{name: ca, key: ca.crt}}}}
+  ticket:
+    sink:
+      directory: {{path: {tickets:?}}}
+"#,
+        port = stack.ports().imaps,
+    )
+}
+
+fn mail(subject: &str) -> String {
+    format!(
+        "From: Customer <customer@example.org>\r\nTo: support@mailroom.test\r\nSubject: {subject}\r\nMessage-ID: <{subject}@example.org>\r\nDate: Mon, 30 Nov 2026 10:00:00 +0000\r\n\r\nPlease help.\r\n"
+    )
+}
+
+/// A cluster with the chart's RBAC, a mailbox, and a running controller whose
+/// IncomingEmailServer is Ready.
+fn ready_cluster(stack: &Stack) -> (Cluster, testbed::User) {
+    let user = stack
+        .add_user("support@mailroom.test", "s3cret-pass")
+        .unwrap();
+    let mut cluster = Cluster::start(chart_rbac());
+    cluster.apply(&secrets_yaml(stack, &user.password));
+    cluster.apply(&incoming_yaml(stack, &user.address, &cluster.tickets()));
+    cluster.start_controller();
+    let out = cluster.kubectl(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "ies/support",
+            "-n",
+            NS,
+            "--timeout=60s",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "kubectl wait failed: {}\nobject: {:#}\ncontroller log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.object("support").unwrap_or_default(),
+        cluster.log()
+    );
+    (cluster, user)
+}
+
+#[test]
+fn the_controller_binary_makes_a_kubectl_applied_mailbox_ready_and_its_mail_tickets() {
+    let stack = Stack::start(Default::default()).unwrap();
+    let (cluster, user) = ready_cluster(&stack);
+
+    stack.deliver(&user.address, &[mail("first")]).unwrap();
+    cluster.wait_for("the ticket", Duration::from_secs(30), |c| {
+        support::json_files::<Value>(&c.tickets()).len() == 1
+    });
+    let tickets: Vec<Value> = support::json_files(&cluster.tickets());
+    assert_eq!(tickets[0]["subject"], "first");
+
+    let out = cluster.kubectl(&["get", "ies", "-n", NS], None);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "REASON", "PROTOCOL", "SERVER", "AGE"],
+        "{table}"
+    );
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        row[..5],
+        ["support", "True", "Connected", "IMAP", "127.0.0.1"],
+        "{table}"
+    );
+
+    // Every request the controller made was one the chart's RBAC grants.
+    let refused: Vec<Logged> = cluster
+        .requests_of_controller()
+        .into_iter()
+        .filter(|r| r.code == 403)
+        .collect();
+    assert!(refused.is_empty(), "the chart's RBAC refused: {refused:#?}");
+}
+
+#[test]
+fn a_changed_secret_restarts_the_worker_deletion_stops_it_and_foreign_conditions_survive() {
+    let stack = Stack::start(Default::default()).unwrap();
+    let (cluster, _user) = ready_cluster(&stack);
+
+    // Another controller owns a condition of its own on the same status.
+    let foreign = json!({
+        "apiVersion": "mailroom.dev/v1alpha1",
+        "kind": "IncomingEmailServer",
+        "metadata": {"name": "support", "namespace": NS},
+        "status": {"conditions": [{
+            "type": "Audited", "status": "True", "reason": "Reviewed",
+            "message": "checked by the audit controller",
+            "lastTransitionTime": "2026-11-30T10:00:00Z",
+        }]},
+    });
+    let out = cluster.kubectl(
+        &[
+            "apply",
+            "--server-side",
+            "--subresource=status",
+            "--field-manager=audit",
+            "-f",
+            "-",
+        ],
+        Some(&foreign.to_string()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = cluster.log().matches("worker started").count();
+
+    // A wrong password in the Secret: the worker restarts with it and fails.
+    cluster.apply(&secrets_yaml(&stack, "not-the-password"));
+    cluster.wait_for(
+        "AuthenticationFailed after the Secret changed",
+        Duration::from_secs(30),
+        |c| {
+            c.object("support")
+                .and_then(|o| condition(&o, "Ready"))
+                .is_some_and(|r| r["status"] == "False" && r["reason"] == "AuthenticationFailed")
+        },
+    );
+    let object = cluster.object("support").unwrap();
+    assert!(cluster.log().matches("worker started").count() > started);
+    let audited = condition(&object, "Audited").expect("the foreign condition was removed");
+    assert_eq!(audited["message"], "checked by the audit controller");
+    let managers: Vec<&str> = object["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert!(managers.contains(&"audit"), "{managers:?}");
+
+    // Deleting the resource: the controller stops the worker and lets it go.
+    let out = cluster.kubectl(&["delete", "ies/support", "-n", NS, "--timeout=30s"], None);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.log()
+    );
+    assert!(cluster.object("support").is_none());
+    cluster.wait_for("the stop event", Duration::from_secs(10), |c| {
+        c.events()
+            .iter()
+            .any(|n| n.contains("fetch worker stopped"))
+    });
+}
+
+#[test]
+fn an_expired_watch_makes_the_controller_relist_without_restarting_its_worker() {
+    let stack = Stack::start(Default::default()).unwrap();
+    let (cluster, user) = ready_cluster(&stack);
+    let lists = |c: &Cluster| {
+        c.requests_of_controller()
+            .iter()
+            .filter(|r| r.verb == "list" && r.resource == IES)
+            .count()
+    };
+    let watches = |c: &Cluster| {
+        c.requests_of_controller()
+            .iter()
+            .filter(|r| r.verb == "watch" && r.resource == IES)
+            .count()
+    };
+    let started = cluster.log().matches("worker started").count();
+    let ready_since =
+        condition(&cluster.object("support").unwrap(), "Ready").unwrap()["lastTransitionTime"]
+            .clone();
+
+    // A dropped watch with history still retained resumes without a list.
+    let (listed, watched) = (lists(&cluster), watches(&cluster));
+    cluster.api.drop_watches();
+    cluster.wait_for("the watch to resume", Duration::from_secs(20), |c| {
+        watches(c) > watched
+    });
+    assert_eq!(lists(&cluster), listed, "a resumable watch was relisted");
+
+    // History compacted: resuming gets 410 Gone, and the watcher lists again.
+    cluster.api.compact();
+    cluster.api.drop_watches();
+    cluster.wait_for("the relist after 410 Gone", Duration::from_secs(30), |c| {
+        lists(c) > listed
+    });
+
+    stack
+        .deliver(&user.address, &[mail("after-relist")])
+        .unwrap();
+    cluster.wait_for("the ticket", Duration::from_secs(30), |c| {
+        support::json_files::<Value>(&c.tickets()).len() == 1
+    });
+    assert_eq!(
+        cluster.log().matches("worker started").count(),
+        started,
+        "the relist restarted a healthy worker"
+    );
+    assert_eq!(
+        condition(&cluster.object("support").unwrap(), "Ready").unwrap()["lastTransitionTime"],
+        ready_since
+    );
+}
+
+#[test]
+fn a_verb_missing_from_the_charts_rules_fails_the_controller_with_its_403() {
+    let stack = Stack::start(Default::default()).unwrap();
+    let user = stack
+        .add_user("support@mailroom.test", "s3cret-pass")
+        .unwrap();
+    // The chart's rules, less `patch` on the status subresources.
+    let mut rbac = chart_rbac();
+    for doc in &mut rbac {
+        for rule in doc["rules"].as_array_mut().into_iter().flatten() {
+            let on_status = rule["resources"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|x| x.as_str().is_some_and(|s| s.ends_with("/status")))
+            });
+            if on_status {
+                rule["verbs"]
+                    .as_array_mut()
+                    .unwrap()
+                    .retain(|v| v != "patch");
+            }
+        }
+    }
+    let mut cluster = Cluster::start(rbac);
+    cluster.apply(&secrets_yaml(&stack, &user.password));
+    cluster.apply(&incoming_yaml(&stack, &user.address, &cluster.tickets()));
+    cluster.start_controller();
+
+    cluster.wait_for("a refused status write", Duration::from_secs(30), |c| {
+        c.requests_of_controller()
+            .iter()
+            .any(|r| r.code == 403 && r.verb == "patch" && r.resource == format!("{IES}/status"))
+    });
+    cluster.wait_for("the 403 in the log", Duration::from_secs(10), |c| {
+        c.log()
+            .contains("cannot patch resource \"incomingemailservers/status\"")
+    });
+    assert!(condition(&cluster.object("support").unwrap(), "Ready").is_none());
+}
+
+#[test]
+fn kubectl_apply_of_a_manifest_the_crd_rejects_is_refused_naming_the_field() {
+    let cluster = Cluster::start(chart_rbac());
+    let validator = ManifestValidator::new().unwrap();
+    let dir = root().join("tests/fixtures/invalid");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() > 10);
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let manifest: Value = serde_yaml::from_str(&text).unwrap();
+        let Err(ValidationError::Invalid(errors)) = validator.validate(&manifest) else {
+            panic!("{} is not invalid", file.display());
+        };
+        let out = cluster.kubectl(&["apply", "-n", NS, "-f", file.to_str().unwrap()], None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{} was accepted", file.display());
+        assert!(
+            errors.iter().any(|e| stderr.contains(&e.field)),
+            "{}: kubectl said {stderr:?}, expected one of {:?}",
+            file.display(),
+            errors.iter().map(|e| &e.field).collect::<Vec<_>>()
+        );
+        let name = manifest["metadata"]["name"].as_str().unwrap_or_default();
+        assert!(
+            cluster.object(name).is_none(),
+            "{} was stored",
+            file.display()
+        );
+    }
+}
