@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mailroom::api;
 use mailroom::api::validation::ManifestValidator;
 use mailroom::controller;
+use mailroom::controller::leader::ElectionConfig;
 use mailroom::controller::run::ControllerOptions;
 use mailroom::standalone::{self, RunOptions, check, table};
 use mailroom::submission::{DEFAULT_BIND, SubmissionTokens};
@@ -87,6 +88,19 @@ enum Command {
         /// Namespace of the leader Lease.
         #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
         lease_namespace: String,
+        /// Name of the leader Lease: one per release (the chart uses its fullname).
+        #[arg(long, default_value = "mailroom-leader")]
+        lease_name: String,
+        /// Seconds a Lease that stopped changing stays held.
+        #[arg(long, value_name = "SECONDS", default_value_t = 15)]
+        lease_duration: u64,
+        /// Seconds without a successful renewal after which the leader aborts
+        /// its workers and stands by; shorter than the lease duration.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        renew_deadline: u64,
+        /// Seconds between attempts to take or renew the Lease.
+        #[arg(long, value_name = "SECONDS", default_value_t = 1)]
+        retry_period: u64,
         /// This replica's name in the Lease.
         #[arg(long, env = "POD_NAME")]
         identity: Option<String>,
@@ -216,10 +230,20 @@ fn main() -> ExitCode {
             token_file,
             leader_election,
             lease_namespace,
+            lease_name,
+            lease_duration,
+            renew_deadline,
+            retry_period,
             identity,
         } => tokens(token_file.as_deref()).and_then(|tokens| {
             let identity = identity.unwrap_or_else(|| {
                 format!("mailroom-{}-{:08x}", std::process::id(), fastrand::u32(..))
+            });
+            let election = leader_election.then(|| ElectionConfig {
+                lease_duration: Duration::from_secs(lease_duration),
+                renew_deadline: Duration::from_secs(renew_deadline),
+                retry_period: Duration::from_secs(retry_period),
+                ..ElectionConfig::new(&lease_namespace, &lease_name, &identity)
             });
             runtime()?.block_on(async {
                 controller::run::run(ControllerOptions {
@@ -228,8 +252,7 @@ fn main() -> ExitCode {
                     health_listen,
                     submission_listen: listen,
                     tokens,
-                    leader_election,
-                    lease_namespace,
+                    election,
                     identity,
                 })
                 .await

@@ -5,228 +5,23 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use mailroom::api::validation::{ManifestValidator, ValidationError};
 use serde_json::{Value, json};
+use support::cluster::{
+    Cluster, IES, NS, chart_rbac, condition, incoming_yaml, mail, root, secrets_yaml, with_mailbox,
+};
 use testbed::Stack;
-use testbed::kube::{KubeApi, KubeOptions, Logged, User};
+use testbed::kube::Logged;
 
-const NS: &str = "helpdesk";
-const SERVICE_ACCOUNT: &str = "system:serviceaccount:mailroom:mailroom";
-const IES: &str = "incomingemailservers.mailroom.dev";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The chart's RBAC as `helm template` renders it (kept fresh by tests/chart.rs).
-fn chart_rbac() -> Vec<Value> {
-    testbed::kube::read_documents(&root().join("deploy/install.yaml")).unwrap()
-}
-
-struct Cluster {
-    api: KubeApi,
-    dir: tempfile::TempDir,
-    admin: PathBuf,
-    account: PathBuf,
-    controller: Option<Child>,
-}
-
-impl Cluster {
-    fn start(rbac: Vec<Value>) -> Self {
-        let api = KubeApi::start(KubeOptions {
-            crds: testbed::kube::read_documents(&root().join("crds")).unwrap(),
-            rbac,
-            ..KubeOptions::default()
-        })
-        .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let admin = dir.path().join("admin.kubeconfig");
-        api.write_kubeconfig(&admin, api.admin_token(), NS).unwrap();
-        let token = api.add_user(User::service_account("mailroom", "mailroom", &[]));
-        let account = dir.path().join("mailroom.kubeconfig");
-        api.write_kubeconfig(&account, &token, "mailroom").unwrap();
-        let cluster = Self {
-            api,
-            dir,
-            admin,
-            account,
-            controller: None,
-        };
-        cluster.apply(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: mailroom}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n"
-        ));
-        cluster
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        testbed::kube::kubectl(&self.admin, args, stdin).unwrap()
-    }
-
-    /// `kubectl apply -f -`; panics with kubectl's words when it fails.
-    fn apply(&self, yaml: &str) -> String {
-        let out = self.kubectl(&["apply", "-f", "-"], Some(yaml));
-        assert!(
-            out.status.success(),
-            "kubectl apply failed: {}\n{yaml}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn tickets(&self) -> PathBuf {
-        self.dir.path().join("tickets")
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("controller.log")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    fn start_controller(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_mailroom"))
-            .arg("controller")
-            .args([
-                "--health-listen",
-                &format!("127.0.0.1:{}", support::free_port()),
-            ])
-            .args(["--listen", &format!("127.0.0.1:{}", support::free_port())])
-            .args(["--lease-namespace", "mailroom", "--identity", "pod-a"])
-            .env("KUBECONFIG", &self.account)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.log_path()).unwrap())
-            .spawn()
-            .unwrap();
-        self.controller = Some(child);
-    }
-
-    fn object(&self, name: &str) -> Option<Value> {
-        self.api.object(IES, NS, name)
-    }
-
-    fn wait_for(&self, what: &str, timeout: Duration, check: impl Fn(&Cluster) -> bool) {
-        let start = Instant::now();
-        while !check(self) {
-            assert!(
-                start.elapsed() < timeout,
-                "timed out after {timeout:?} waiting for {what}\nobject: {:#}\ncontroller log:\n{}",
-                self.object("support").unwrap_or_default(),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn requests_of_controller(&self) -> Vec<Logged> {
-        self.api
-            .requests()
-            .into_iter()
-            .filter(|r| r.user == SERVICE_ACCOUNT)
-            .collect()
-    }
-
-    fn events(&self) -> Vec<String> {
-        let out = self.kubectl(
-            &["get", "events.events.k8s.io", "-n", NS, "-o", "json"],
-            None,
-        );
-        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        list["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|e| e["note"].as_str().unwrap_or_default().to_owned())
-            .collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.controller.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn condition(object: &Value, type_: &str) -> Option<Value> {
-    object["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .cloned()
-}
-
-fn secrets_yaml(stack: &Stack, password: &str) -> String {
-    format!(
-        "{}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: mailbox, namespace: {NS}}}\nstringData: {{password: {password:?}}}\n",
-        stack.ca_secret_yaml("ca", NS)
-    )
-}
-
-fn incoming_yaml(stack: &Stack, address: &str, tickets: &Path) -> String {
-    format!(
-        r#"apiVersion: mailroom.dev/v1alpha1
-kind: IncomingEmailServer
-metadata: {{name: support, namespace: {NS}}}
-spec:
-  email: {address}
-  provider: Other
-  server: 127.0.0.1
-  port: {port}
-  securityType: SSL
-  auth: {{passwordSecretRef: {{name: mailbox, key: password}}}}
-  tls: {{caSecretRef: {{name: ca, key: ca.crt}}}}
-  ticket:
-    sink:
-      directory: {{path: {tickets:?}}}
-"#,
-        port = stack.ports().imaps,
-    )
-}
-
-fn mail(subject: &str) -> String {
-    format!(
-        "From: Customer <customer@example.org>\r\nTo: support@mailroom.test\r\nSubject: {subject}\r\nMessage-ID: <{subject}@example.org>\r\nDate: Mon, 30 Nov 2026 10:00:00 +0000\r\n\r\nPlease help.\r\n"
-    )
-}
-
-/// A cluster with the chart's RBAC, a mailbox, and a running controller whose
-/// IncomingEmailServer is Ready.
+/// A cluster with the chart's RBAC, a mailbox, and one running controller
+/// whose IncomingEmailServer is Ready.
 fn ready_cluster(stack: &Stack) -> (Cluster, testbed::User) {
-    let user = stack
-        .add_user("support@mailroom.test", "s3cret-pass")
-        .unwrap();
-    let mut cluster = Cluster::start(chart_rbac());
-    cluster.apply(&secrets_yaml(stack, &user.password));
-    cluster.apply(&incoming_yaml(stack, &user.address, &cluster.tickets()));
-    cluster.start_controller();
-    let out = cluster.kubectl(
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "ies/support",
-            "-n",
-            NS,
-            "--timeout=60s",
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "kubectl wait failed: {}\nobject: {:#}\ncontroller log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        cluster.object("support").unwrap_or_default(),
-        cluster.log()
-    );
+    let (mut cluster, user) = with_mailbox(stack, chart_rbac());
+    cluster.start_controller("pod-a", &[]);
+    cluster.wait_ready();
     (cluster, user)
 }
 
@@ -237,7 +32,7 @@ fn the_controller_binary_makes_a_kubectl_applied_mailbox_ready_and_its_mail_tick
 
     stack.deliver(&user.address, &[mail("first")]).unwrap();
     cluster.wait_for("the ticket", Duration::from_secs(30), |c| {
-        support::json_files::<Value>(&c.tickets()).len() == 1
+        c.ticket_count() == 1
     });
     let tickets: Vec<Value> = support::json_files(&cluster.tickets());
     assert_eq!(tickets[0]["subject"], "first");
@@ -379,7 +174,7 @@ fn an_expired_watch_makes_the_controller_relist_without_restarting_its_worker() 
         .deliver(&user.address, &[mail("after-relist")])
         .unwrap();
     cluster.wait_for("the ticket", Duration::from_secs(30), |c| {
-        support::json_files::<Value>(&c.tickets()).len() == 1
+        c.ticket_count() == 1
     });
     assert_eq!(
         cluster.log().matches("worker started").count(),
@@ -417,7 +212,7 @@ fn a_verb_missing_from_the_charts_rules_fails_the_controller_with_its_403() {
     let mut cluster = Cluster::start(rbac);
     cluster.apply(&secrets_yaml(&stack, &user.password));
     cluster.apply(&incoming_yaml(&stack, &user.address, &cluster.tickets()));
-    cluster.start_controller();
+    cluster.start_controller("pod-a", &[]);
 
     cluster.wait_for("a refused status write", Duration::from_secs(30), |c| {
         c.requests_of_controller()

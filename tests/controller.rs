@@ -2,7 +2,7 @@
 //! does) that records every request, while the mail servers are the real ones:
 //! the exact requests of a reconcile, the status it writes for success, a wrong
 //! password and a missing Secret, the finalizer, no write when nothing changed,
-//! the Secret mapper, the watch filter, the Lease, and a rotated OAuth2
+//! the Secret mapper, the watch filter, and a rotated OAuth2
 //! refresh token written back to its Secret.
 
 mod support;
@@ -18,7 +18,6 @@ use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
 use mailroom::api::{IncomingEmailServer, IncomingProtocol, OutgoingEmailServer, SecurityType};
-use mailroom::controller::leader::LeaseLock;
 use mailroom::controller::{
     Context, ContextParts, FINALIZER, StatusWork, TEST_ANNOTATION, reconcile_incoming,
     reconcile_outgoing, servers_referencing, trigger_hash,
@@ -667,90 +666,6 @@ fn the_secret_mapper_finds_the_servers_that_name_the_secret() {
         found,
         ["a", "c"],
         "same namespace only, and only those that name it"
-    );
-}
-
-#[tokio::test]
-async fn the_lease_is_acquired_renewed_and_not_taken_from_a_live_holder() {
-    #[derive(Clone, Default)]
-    struct Leases {
-        lease: Arc<Mutex<Option<Value>>>,
-        seen: Arc<Mutex<Vec<String>>>,
-    }
-    let leases = Leases::default();
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let l = leases.clone();
-    tokio::spawn(async move {
-        while let Some((request, send)) = handle.next_request().await {
-            let method = request.method().to_string();
-            let bytes = request.into_body().collect_bytes().await.unwrap();
-            l.seen.lock().unwrap().push(method.clone());
-            let (status, body) = match method.as_str() {
-                "GET" => l
-                    .lease
-                    .lock()
-                    .unwrap()
-                    .clone()
-                    .map_or_else(not_found, |v| (200, v)),
-                _ => {
-                    let mut v: Value = serde_json::from_slice(&bytes).unwrap();
-                    v["metadata"]["resourceVersion"] = json!("2");
-                    *l.lease.lock().unwrap() = Some(v.clone());
-                    (if method == "POST" { 201 } else { 200 }, v)
-                }
-            };
-            send.send_response(
-                Response::builder()
-                    .status(status)
-                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                    .unwrap(),
-            );
-        }
-    });
-    let client = Client::new(service, "default");
-    let me = LeaseLock::new(
-        client.clone(),
-        NS,
-        "mailroom-leader",
-        "pod-a",
-        Duration::from_secs(15),
-    );
-    assert!(
-        me.try_acquire_or_renew().await.unwrap(),
-        "a missing Lease is created and held"
-    );
-    assert_eq!(leases.seen.lock().unwrap().as_slice(), ["GET", "POST"]);
-    assert!(me.try_acquire_or_renew().await.unwrap(), "renewed");
-    let held = leases.lease.lock().unwrap().clone().unwrap();
-    assert_eq!(held["spec"]["holderIdentity"], "pod-a");
-    assert_eq!(leases.seen.lock().unwrap()[2..], ["GET", "PUT"]);
-
-    let other = LeaseLock::new(
-        client,
-        NS,
-        "mailroom-leader",
-        "pod-b",
-        Duration::from_secs(15),
-    );
-    assert!(
-        !other.try_acquire_or_renew().await.unwrap(),
-        "a live Lease is not taken"
-    );
-    assert_eq!(
-        leases.seen.lock().unwrap().last().map(String::as_str),
-        Some("GET")
-    );
-    // The holder stops renewing: once expired, the other takes it over.
-    let mut expired = leases.lease.lock().unwrap().clone().unwrap();
-    expired["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z");
-    *leases.lease.lock().unwrap() = Some(expired);
-    assert!(other.try_acquire_or_renew().await.unwrap());
-    let taken = leases.lease.lock().unwrap().clone().unwrap();
-    assert_eq!(taken["spec"]["holderIdentity"], "pod-b");
-    assert_eq!(taken["spec"]["leaseTransitions"], 1);
-    assert!(
-        !me.try_acquire_or_renew().await.unwrap(),
-        "the old holder has lost it"
     );
 }
 

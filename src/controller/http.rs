@@ -1,8 +1,8 @@
 //! `/healthz`, `/readyz` and `/metrics` (Prometheus text format).
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::extract::State;
@@ -18,8 +18,12 @@ use mailroom_core::oauth2::TokenInfo;
 pub(crate) struct HealthState {
     /// Set once the startup checks passed.
     pub ready: Arc<AtomicBool>,
-    /// Set once this replica leads and its controllers run (one per scope).
-    pub contexts: Arc<OnceLock<Vec<Arc<Context>>>>,
+    /// While this replica leads: its controllers (one per scope).
+    pub contexts: Arc<RwLock<Vec<Arc<Context>>>>,
+    /// Holds the leader Lease (always, without leader election).
+    pub leading: Arc<AtomicBool>,
+    /// Terms that ended with the Lease lost and the workers aborted.
+    pub fenced: Arc<AtomicU64>,
 }
 
 pub(crate) fn router(probe: HealthState) -> Router {
@@ -45,10 +49,19 @@ fn escape(v: &str) -> String {
 }
 
 async fn metrics(State(p): State<HealthState>) -> String {
-    match p.contexts.get() {
-        Some(contexts) => render(contexts).await,
-        None => "# this replica does not lead: no workers here\n".to_owned(),
-    }
+    let contexts = mailroom_core::sync::read_unpoisoned(&p.contexts).clone();
+    let mut out = render(&contexts).await;
+    let _ = writeln!(
+        out,
+        "# HELP mailroom_leader 1 while this replica holds the leader Lease and runs the fetch workers.\n# TYPE mailroom_leader gauge\nmailroom_leader {}",
+        u64::from(p.leading.load(Ordering::Relaxed))
+    );
+    let _ = writeln!(
+        out,
+        "# HELP mailroom_leader_fenced_total Times this replica lost the Lease (no renewal within the renew deadline, or another holder) and aborted its workers.\n# TYPE mailroom_leader_fenced_total counter\nmailroom_leader_fenced_total {}",
+        p.fenced.load(Ordering::Relaxed)
+    );
+    out
 }
 
 /// The metrics text.

@@ -1,7 +1,18 @@
-//! Leader election with a coordination.k8s.io Lease: one replica holds it and
-//! renews it at a third of its duration; only the holder runs workers and
-//! writes status. Written here because no maintained crate follows kube's
-//! current major version; the rules are client-go's.
+//! Leader election with a coordination.k8s.io Lease, with client-go's rules:
+//!
+//! - a Lease held by someone else is free only when it has not *changed* for
+//!   its duration as measured on our own monotonic clock since we observed the
+//!   change (the holder's `renewTime` is never compared with our wall clock,
+//!   so clock skew between nodes cannot make two leaders);
+//! - the leader renews every retry period and gives leadership up when no
+//!   renewal has succeeded within the renew deadline, which is shorter than
+//!   the Lease's duration: a leader cut off from the API server stops its
+//!   workers before any other replica may take over;
+//! - on shutdown the leader releases the Lease, so a standby takes over at once.
+//!
+//! kube-lease-manager was considered: it judges the holder's `renewTime`
+//! against the local wall clock and has no renew deadline to fence on, which
+//! are the two rules this module exists for.
 
 use std::time::Duration;
 
@@ -10,181 +21,271 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-/// What to do with the Lease as found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Decision {
-    /// Nobody holds it, or the holder let it expire: take it.
-    Acquire,
-    /// We hold it: renew it.
-    Renew,
-    /// Someone else holds a live Lease.
-    Wait { holder: String },
+#[derive(Clone, Debug)]
+pub struct ElectionConfig {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    /// How long a Lease that stopped changing stays held.
+    pub lease_duration: Duration,
+    /// The leader gives up when no renewal succeeded for this long.
+    pub renew_deadline: Duration,
+    /// Between attempts to acquire or renew.
+    pub retry_period: Duration,
 }
 
-/// The client-go rule: a Lease is free when it has no holder or its holder has
-/// not renewed within its duration.
-pub(crate) fn decide(lease: Option<&LeaseSpec>, identity: &str, now: jiff::Timestamp) -> Decision {
-    let Some(spec) = lease else {
-        return Decision::Acquire;
-    };
-    let holder = spec.holder_identity.clone().unwrap_or_default();
-    if holder.is_empty() {
-        return Decision::Acquire;
-    }
-    if holder == identity {
-        return Decision::Renew;
-    }
-    let duration =
-        jiff::SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
-    let renewed = spec
-        .renew_time
-        .as_ref()
-        .or(spec.acquire_time.as_ref())
-        .map(|t| t.0);
-    match renewed.and_then(|t| t.checked_add(duration).ok()) {
-        Some(expires) if expires > now => Decision::Wait { holder },
-        _ => Decision::Acquire,
-    }
-}
-
-#[derive(Clone)]
-pub struct LeaseLock {
-    api: Api<Lease>,
-    name: String,
-    identity: String,
-    duration: Duration,
-}
-
-impl LeaseLock {
-    pub fn new(
-        client: Client,
-        namespace: &str,
-        name: &str,
-        identity: &str,
-        duration: Duration,
-    ) -> Self {
+impl ElectionConfig {
+    /// client-go's duration and deadline (15 s, 10 s); attempts every second
+    /// rather than two, so that a standby takes a released Lease within a second.
+    pub fn new(namespace: &str, name: &str, identity: &str) -> Self {
         Self {
-            api: Api::namespaced(client, namespace),
+            namespace: namespace.to_owned(),
             name: name.to_owned(),
             identity: identity.to_owned(),
-            duration,
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(1),
         }
     }
 
-    /// One round: takes or renews the Lease when the rules allow. Ok(true)
-    /// while we hold it. A lost race (409 Conflict) is Ok(false).
-    pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
-        let now = jiff::Timestamp::now();
-        let current = self.api.get_opt(&self.name).await?;
-        let decision = decide(
-            current.as_ref().and_then(|l| l.spec.as_ref()),
-            &self.identity,
-            now,
-        );
-        let seconds = i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX);
-        let result = match (decision, current) {
-            (Decision::Wait { .. }, _) => return Ok(false),
-            (Decision::Acquire, None) => {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(self.name.clone()),
-                        ..ObjectMeta::default()
-                    },
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(self.identity.clone()),
-                        lease_duration_seconds: Some(seconds),
-                        acquire_time: Some(MicroTime(now)),
-                        renew_time: Some(MicroTime(now)),
-                        lease_transitions: Some(0),
-                        ..LeaseSpec::default()
-                    }),
-                };
-                self.api.create(&PostParams::default(), &lease).await
-            }
-            (decision, Some(mut lease)) => {
-                let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-                if decision == Decision::Acquire {
-                    spec.holder_identity = Some(self.identity.clone());
-                    spec.acquire_time = Some(MicroTime(now));
-                    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-                }
-                spec.lease_duration_seconds = Some(seconds);
-                spec.renew_time = Some(MicroTime(now));
-                // resourceVersion stays set: a concurrent writer makes this a 409.
-                self.api
-                    .replace(&self.name, &PostParams::default(), &lease)
-                    .await
-            }
-            (Decision::Renew, None) => return Ok(false),
-        };
-        match result {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-            Err(e) => Err(e),
+    /// The renew deadline must leave time to stop before others may lead.
+    pub fn check(&self) -> Result<(), String> {
+        if self.renew_deadline >= self.lease_duration {
+            return Err(format!(
+                "the renew deadline ({:?}) must be shorter than the lease duration ({:?})",
+                self.renew_deadline, self.lease_duration
+            ));
         }
+        if self.retry_period >= self.renew_deadline {
+            return Err(format!(
+                "the retry period ({:?}) must be shorter than the renew deadline ({:?})",
+                self.retry_period, self.renew_deadline
+            ));
+        }
+        Ok(())
     }
+}
 
-    /// Runs the election until `stop`: `leading` says whether we hold the Lease.
-    /// Leadership is given up when a renewal has not succeeded within the
-    /// Lease's duration.
-    pub async fn run(self, leading: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
-        let every = self.duration / 3;
-        let mut last_success: Option<tokio::time::Instant> = None;
-        loop {
-            let held = match self.try_acquire_or_renew().await {
-                Ok(held) => held,
-                Err(e) => {
-                    tracing::warn!("cannot reach the leader Lease: {e}");
-                    false
-                }
-            };
-            if held {
-                last_success = Some(tokio::time::Instant::now());
-            }
-            let leading_now = held
-                || last_success.is_some_and(|t| t.elapsed() < self.duration && *leading.borrow());
-            if leading_now != *leading.borrow() {
-                tracing::info!(identity = %self.identity, leading = leading_now, "leadership changed");
-                let _ = leading.send(leading_now);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
+/// The parts of a Lease whose change proves its holder alive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Record {
+    holder: String,
+    renew: Option<MicroTime>,
+    acquire: Option<MicroTime>,
+    duration: Option<i32>,
+    transitions: Option<i32>,
+}
+
+impl Record {
+    fn of(spec: Option<&LeaseSpec>) -> Self {
+        let spec = spec.cloned().unwrap_or_default();
+        Self {
+            holder: spec.holder_identity.unwrap_or_default(),
+            renew: spec.renew_time,
+            acquire: spec.acquire_time,
+            duration: spec.lease_duration_seconds,
+            transitions: spec.lease_transitions,
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What one attempt found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// We hold the Lease now.
+    Held,
+    /// Someone else holds a live Lease.
+    Other(String),
+    /// A concurrent writer won the race; try again later.
+    Lost,
+}
 
-    fn spec(holder: &str, renewed: i64, duration: i32) -> LeaseSpec {
+pub struct Elector {
+    api: Api<Lease>,
+    config: ElectionConfig,
+    /// The record last seen and when, on our clock.
+    observed: Option<(Record, Instant)>,
+}
+
+impl Elector {
+    pub fn new(client: Client, config: ElectionConfig) -> Self {
+        Self {
+            api: Api::namespaced(client, &config.namespace),
+            config,
+            observed: None,
+        }
+    }
+
+    pub fn config(&self) -> &ElectionConfig {
+        &self.config
+    }
+
+    fn observe(&mut self, record: Record) {
+        if self.observed.as_ref().map(|(r, _)| r) != Some(&record) {
+            self.observed = Some((record, Instant::now()));
+        }
+    }
+
+    /// The observed-time rule: a live holder is one whose record changed
+    /// within its duration, as we saw it.
+    fn held_by_other(&self) -> Option<String> {
+        let (record, at) = self.observed.as_ref()?;
+        if record.holder.is_empty() || record.holder == self.config.identity {
+            return None;
+        }
+        let duration =
+            Duration::from_secs(u64::try_from(record.duration.unwrap_or(15)).unwrap_or(15));
+        (at.elapsed() < duration).then(|| record.holder.clone())
+    }
+
+    fn spec(&self, now: MicroTime, previous: &Record) -> LeaseSpec {
+        let ours = previous.holder == self.config.identity;
         LeaseSpec {
-            holder_identity: Some(holder.into()),
-            lease_duration_seconds: Some(duration),
-            renew_time: Some(MicroTime(jiff::Timestamp::from_second(renewed).unwrap())),
+            holder_identity: Some(self.config.identity.clone()),
+            lease_duration_seconds: Some(
+                i32::try_from(self.config.lease_duration.as_secs()).unwrap_or(i32::MAX),
+            ),
+            acquire_time: if ours {
+                previous.acquire.clone()
+            } else {
+                Some(now.clone())
+            },
+            renew_time: Some(now),
+            lease_transitions: Some(
+                previous.transitions.unwrap_or(0) + i32::from(!ours && !previous.holder.is_empty()),
+            ),
             ..LeaseSpec::default()
         }
     }
 
-    #[test]
-    fn free_own_live_and_expired_leases() {
-        let now = jiff::Timestamp::from_second(1_000).unwrap();
-        assert_eq!(decide(None, "a", now), Decision::Acquire);
-        assert_eq!(
-            decide(Some(&LeaseSpec::default()), "a", now),
-            Decision::Acquire
-        );
-        assert_eq!(decide(Some(&spec("a", 990, 15)), "a", now), Decision::Renew);
-        assert_eq!(
-            decide(Some(&spec("b", 990, 15)), "a", now),
-            Decision::Wait { holder: "b".into() }
-        );
-        assert_eq!(
-            decide(Some(&spec("b", 980, 15)), "a", now),
-            Decision::Acquire
-        );
+    /// One attempt to take or renew the Lease.
+    pub async fn try_acquire_or_renew(&mut self) -> Result<Outcome, kube::Error> {
+        let now = MicroTime(jiff::Timestamp::now());
+        let current = self.api.get_opt(&self.config.name).await?;
+        let result = match current {
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.config.name.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(self.spec(now, &Record::of(None))),
+                };
+                self.api.create(&PostParams::default(), &lease).await
+            }
+            Some(mut lease) => {
+                let record = Record::of(lease.spec.as_ref());
+                self.observe(record.clone());
+                if let Some(holder) = self.held_by_other() {
+                    return Ok(Outcome::Other(holder));
+                }
+                lease.spec = Some(self.spec(now, &record));
+                // The resourceVersion read stays set: a concurrent writer makes this a 409.
+                self.api
+                    .replace(&self.config.name, &PostParams::default(), &lease)
+                    .await
+            }
+        };
+        match result {
+            Ok(lease) => {
+                self.observe(Record::of(lease.spec.as_ref()));
+                Ok(Outcome::Held)
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Outcome::Lost),
+            Err(e) => Err(e),
+        }
     }
+
+    /// Gives the Lease up if we hold it: no holder, so that a standby takes
+    /// it at its next attempt instead of waiting out the duration.
+    pub async fn release(&mut self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+            return Ok(());
+        };
+        let record = Record::of(lease.spec.as_ref());
+        if record.holder != self.config.identity {
+            return Ok(());
+        }
+        let now = MicroTime(jiff::Timestamp::now());
+        lease.spec = Some(LeaseSpec {
+            holder_identity: None,
+            lease_duration_seconds: Some(1),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            lease_transitions: record.transitions,
+            ..LeaseSpec::default()
+        });
+        self.api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+            .map(|_| ())
+    }
+
+    /// Waits until we lead; None when `stop` came first.
+    pub async fn acquire(&mut self, stop: &mut watch::Receiver<bool>) -> Option<()> {
+        let mut waiting_for = String::new();
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(Outcome::Held) => return Some(()),
+                Ok(Outcome::Other(holder)) if holder != waiting_for => {
+                    tracing::info!(holder = %holder, "the Lease is held by another replica; standing by");
+                    waiting_for = holder;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot reach the leader Lease: {e}"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.retry_period) => {}
+                _ = stop.wait_for(|s| *s) => return None,
+            }
+        }
+    }
+
+    /// While we lead: renews every retry period. Returns when `release` is
+    /// asked for (after giving the Lease up), or as soon as leadership is lost:
+    /// another holder seen, or no renewal within the renew deadline — each
+    /// attempt is cut off at the deadline, so a hanging API server cannot
+    /// keep us leading past it.
+    pub async fn hold(&mut self, release: &mut watch::Receiver<bool>) -> Held {
+        let mut renewed = Instant::now();
+        loop {
+            let released = tokio::select! {
+                _ = tokio::time::sleep(self.config.retry_period) => false,
+                _ = release.wait_for(|r| *r) => true,
+            };
+            if released {
+                if let Err(e) = self.release().await {
+                    tracing::warn!(
+                        "could not release the leader Lease (a standby takes over when it expires): {e}"
+                    );
+                }
+                return Held::Released;
+            }
+            let left = self.config.renew_deadline.saturating_sub(renewed.elapsed());
+            match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
+                Ok(Ok(Outcome::Held)) => renewed = Instant::now(),
+                Ok(Ok(Outcome::Other(holder))) => {
+                    return Held::Lost(format!("{holder} holds the Lease"));
+                }
+                Ok(Ok(Outcome::Lost)) => {}
+                Ok(Err(e)) => tracing::warn!("cannot renew the leader Lease: {e}"),
+                Err(_) => {}
+            }
+            if renewed.elapsed() >= self.config.renew_deadline {
+                return Held::Lost(format!(
+                    "no renewal succeeded within the renew deadline ({:?})",
+                    self.config.renew_deadline
+                ));
+            }
+        }
+    }
+}
+
+/// How a term of leadership ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Held {
+    Released,
+    Lost(String),
 }

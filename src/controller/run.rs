@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -19,7 +18,7 @@ use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
 
 use super::http::{self, HealthState};
-use super::leader::LeaseLock;
+use super::leader::{ElectionConfig, Elector, Held};
 use super::review::ServiceAccounts;
 use super::{
     Context, ContextParts, Names, error_policy, reconcile_incoming, reconcile_outgoing,
@@ -27,13 +26,12 @@ use super::{
 };
 use crate::api::{IncomingEmailServer, OutgoingEmailServer};
 use crate::submission::{self, SubmissionTokens};
-use mailroom_core::incoming::worker::WorkerOptions;
+use mailroom_core::incoming::worker::{Fence, WorkerOptions};
 use mailroom_core::outgoing::Outbox;
+use mailroom_core::sync::write_unpoisoned;
 
 /// Reconciles running at once, per kind.
 const CONCURRENCY: u16 = 8;
-const LEASE_NAME: &str = "mailroom-leader";
-const LEASE_DURATION: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Debug)]
 pub struct ControllerOptions {
@@ -44,8 +42,9 @@ pub struct ControllerOptions {
     pub health_listen: SocketAddr,
     pub submission_listen: SocketAddr,
     pub tokens: Option<SubmissionTokens>,
-    pub leader_election: bool,
-    pub lease_namespace: String,
+    /// Leader election; none: this replica always leads.
+    pub election: Option<ElectionConfig>,
+    /// Named in events.
     pub identity: String,
 }
 
@@ -57,8 +56,6 @@ pub enum RunError {
     Startup(String),
     #[error("cannot listen on {addr}: {message}")]
     Listen { addr: SocketAddr, message: String },
-    #[error("lost the leader Lease; stopped every worker and exiting so that a standby takes over")]
-    LostLeadership,
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -117,6 +114,9 @@ fn stream_of<T: Send + 'static>(
 pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
     let terminated = crate::signals::terminated();
     let client = Client::try_default().await.map_err(RunError::Client)?;
+    if let Some(election) = &opts.election {
+        election.check().map_err(RunError::Startup)?;
+    }
     if opts.namespaces.is_empty() {
         check_startup(&client, None)
             .await
@@ -145,25 +145,69 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
         },
     ));
 
-    let (leading_tx, mut leading) = watch::channel(!opts.leader_election);
-    if opts.leader_election {
-        let lock = LeaseLock::new(
-            client.clone(),
-            &opts.lease_namespace,
-            LEASE_NAME,
-            &opts.identity,
-            LEASE_DURATION,
-        );
-        tokio::spawn(lock.run(leading_tx, stop_rx.clone()));
-        tracing::info!(identity = %opts.identity, "waiting to lead (Lease {}/{LEASE_NAME})", opts.lease_namespace);
-        let mut stop = stop_rx.clone();
-        tokio::select! {
-            _ = leading.wait_for(|l| *l) => {}
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+    let mut elector = opts
+        .election
+        .clone()
+        .map(|config| Elector::new(client.clone(), config));
+    loop {
+        if let Some(e) = elector.as_mut() {
+            let c = e.config();
+            tracing::info!(identity = %c.identity, "waiting to lead (Lease {}/{})", c.namespace, c.name);
+            if e.acquire(&mut stop_rx.clone()).await.is_none() {
+                return Ok(());
+            }
+        }
+        tracing::info!("leading: starting the controllers");
+        probe.leading.store(true, Ordering::Relaxed);
+        let (lost_tx, lost_rx) = watch::channel(false);
+        let (release_tx, mut release_rx) = watch::channel(false);
+        let fence = Fence::default();
+        let holding = elector.take().map(|mut e| {
+            let lost_tx = lost_tx.clone();
+            let fence = fence.clone();
+            let probe = probe.clone();
+            tokio::spawn(async move {
+                let held = e.hold(&mut release_rx).await;
+                if let Held::Lost(why) = &held {
+                    // Fencing: abort at once, without waiting for batches or locks.
+                    let aborted = fence.abort_all();
+                    probe.fenced.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        workers = aborted,
+                        "lost the leader Lease ({why}): aborted every fetch worker; standing by"
+                    );
+                    let _ = lost_tx.send(true);
+                }
+                e
+            })
+        });
+        term(&client, &opts, &probe, fence, stop_rx.clone(), lost_rx).await?;
+        probe.leading.store(false, Ordering::Relaxed);
+        let stopping = *stop_rx.borrow();
+        if stopping {
+            // Workers have stopped: now the Lease goes, and a standby takes over at once.
+            let _ = release_tx.send(true);
+        }
+        if let Some(task) = holding {
+            elector = task.await.ok();
+        }
+        if stopping || opts.election.is_none() {
+            return Ok(());
         }
     }
-    tracing::info!("leading: starting the controllers");
+}
 
+/// One term of leadership: both Controllers per scope and the submission
+/// endpoint, until asked to stop or the Lease is lost; then every worker stops
+/// (after its message in flight; workers already aborted by the fence are gone).
+async fn term(
+    client: &Client,
+    opts: &ControllerOptions,
+    probe: &HealthState,
+    fence: Fence,
+    stop_rx: watch::Receiver<bool>,
+    lost_rx: watch::Receiver<bool>,
+) -> Result<(), RunError> {
     let outbox = Arc::new(Outbox::new());
     let recorder = Recorder::new(
         client.clone(),
@@ -172,17 +216,16 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
             instance: Some(opts.identity.clone()),
         },
     );
-    // Ends when asked to stop or when leadership is lost.
     let shutdown = {
         let stop = stop_rx.clone();
-        let leading = leading.clone();
+        let lost = lost_rx.clone();
         move || {
             let mut stop = stop.clone();
-            let mut leading = leading.clone();
+            let mut lost = lost.clone();
             async move {
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => {}
-                    _ = leading.wait_for(|l| !*l) => {}
+                    _ = lost.wait_for(|l| *l) => {}
                 }
             }
         }
@@ -192,21 +235,26 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
     } else {
         opts.namespaces.iter().map(|n| Some(n.as_str())).collect()
     };
+    let options = WorkerOptions {
+        fence: Some(fence),
+        ..WorkerOptions::default()
+    };
     let mut contexts = Vec::new();
     let mut running = Vec::new();
     for scope in scopes {
         let (ctx, controllers) = scope_controllers(
-            &client,
+            client,
             scope,
             outbox.clone(),
             recorder.clone(),
             opts.default_sink.clone(),
+            options.clone(),
             &shutdown,
         );
         contexts.push(ctx);
         running.push(controllers);
     }
-    let _ = probe.contexts.set(contexts.clone());
+    *write_unpoisoned(&probe.contexts) = contexts.clone();
 
     // In a cluster the endpoint always runs: ServiceAccount tokens are
     // reviewed by the API server, file tokens are optional.
@@ -216,27 +264,19 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
             tokens: opts.tokens.clone(),
             client: client.clone(),
         };
-        let mut stop = stop_rx.clone();
         tokio::spawn(submission::serve(
             listener,
             submission::router(outbox.clone(), Arc::new(auth)),
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
+            shutdown(),
         ))
     };
 
     futures::future::join_all(running).await;
     tracing::info!("stopping every worker after its message in flight");
-    for ctx in &contexts {
-        ctx.stop_all().await;
-    }
+    futures::future::join_all(contexts.iter().map(|ctx| ctx.stop_all())).await;
+    write_unpoisoned(&probe.contexts).clear();
     let _ = submission_task.await;
-    if *stop_rx.borrow() {
-        Ok(())
-    } else {
-        Err(RunError::LostLeadership)
-    }
+    Ok(())
 }
 
 /// Both Controllers over one scope (a namespace, or all), sharing `outbox`.
@@ -246,6 +286,7 @@ fn scope_controllers<F>(
     outbox: Arc<Outbox>,
     recorder: Recorder,
     default_sink: Option<PathBuf>,
+    options: WorkerOptions,
     shutdown: &impl Fn() -> F,
 ) -> (Arc<Context>, futures::future::BoxFuture<'static, ()>)
 where
@@ -264,7 +305,7 @@ where
         incoming_trigger: incoming_tx,
         status_trigger: status_tx,
         default_sink,
-        options: WorkerOptions::default(),
+        options,
     }));
     let status_writer = tokio::spawn(super::status::follow(ctx.clone(), status_rx));
     let config = ControllerConfig::default().concurrency(CONCURRENCY);

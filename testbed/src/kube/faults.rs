@@ -1,6 +1,7 @@
-//! Faults on demand, per user: added latency, `429 Too Many Requests` with
-//! `Retry-After`, `500`s, and a partition (the user's requests and watches hang
-//! until healed).
+//! Faults on demand, per user name or per bearer token (one client of a user
+//! that several replicas share): added latency, `429 Too Many Requests` with
+//! `Retry-After`, `500`s, and a partition (requests and watches hang until
+//! healed).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -57,7 +58,7 @@ impl Faults {
             .unwrap_or_default()
     }
 
-    /// Every request of `user` waits this long first.
+    /// Every request of `user` (a user name or a token) waits this long first.
     pub fn latency(&self, user: &str, delay: Duration) {
         self.edit(user, |f| f.latency = delay);
     }
@@ -85,14 +86,14 @@ impl Faults {
         self.edit(user, |f| *f = UserFaults::default());
     }
 
-    pub(crate) fn partitioned(&self, user: &str) -> bool {
-        self.of(user).partitioned
+    fn partitioned(&self, keys: &[&str]) -> bool {
+        keys.iter().any(|k| self.of(k).partitioned)
     }
 
-    /// Waits while `user` is partitioned.
-    pub(crate) async fn pass_partition(&self, user: &str) {
+    /// Waits while any of `keys` (user name, token) is partitioned.
+    pub(crate) async fn pass_partition(&self, keys: &[&str]) {
         let mut changed = self.changed.subscribe();
-        while self.partitioned(user) {
+        while self.partitioned(keys) {
             if changed.changed().await.is_err() {
                 return;
             }
@@ -100,25 +101,31 @@ impl Faults {
     }
 
     /// Latency and partition first, then whether to serve, throttle or fail.
-    pub(crate) async fn before(&self, user: &str) -> Verdict {
-        self.pass_partition(user).await;
-        let latency = self.of(user).latency;
+    pub(crate) async fn before(&self, keys: &[&str]) -> Verdict {
+        self.pass_partition(keys).await;
+        let latency = keys
+            .iter()
+            .map(|k| self.of(k).latency)
+            .max()
+            .unwrap_or_default();
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
         let mut map = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(f) = map.get_mut(user) else {
-            return Verdict::Serve;
-        };
-        if f.throttle > 0 {
-            f.throttle -= 1;
-            return Verdict::Throttle {
-                retry_after: f.retry_after,
+        for key in keys {
+            let Some(f) = map.get_mut(*key) else {
+                continue;
             };
-        }
-        if f.errors > 0 {
-            f.errors -= 1;
-            return Verdict::Fail;
+            if f.throttle > 0 {
+                f.throttle -= 1;
+                return Verdict::Throttle {
+                    retry_after: f.retry_after,
+                };
+            }
+            if f.errors > 0 {
+                f.errors -= 1;
+                return Verdict::Fail;
+            }
         }
         Verdict::Serve
     }

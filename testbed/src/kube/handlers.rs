@@ -43,6 +43,8 @@ pub(crate) struct Call {
     pub content_type: String,
     pub render: Render,
     pub user: User,
+    /// The bearer token: faults can single out one client of a shared user.
+    pub token: String,
     pub user_agent: String,
 }
 

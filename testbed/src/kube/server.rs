@@ -93,7 +93,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             .unwrap_or_default();
         return control(&shared, &user, action, &body);
     }
-    match shared.faults.before(&user.name).await {
+    match shared.faults.before(&[&user.name, &token]).await {
         Verdict::Serve => {}
         Verdict::Throttle { retry_after } => {
             let e = ApiError::new(
@@ -145,6 +145,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         query,
         body,
         Headers {
+            token,
             accept: header(hyper::header::ACCEPT),
             content_type,
             user_agent: header(hyper::header::USER_AGENT),
@@ -218,6 +219,7 @@ fn control(shared: &Shared, user: &User, action: &str, body: &[u8]) -> Response<
 }
 
 struct Headers {
+    token: String,
     accept: String,
     content_type: String,
     user_agent: String,
@@ -361,6 +363,7 @@ fn parse_call(
         content_type: headers.content_type,
         render,
         user,
+        token: headers.token,
         user_agent: headers.user_agent,
     })
 }

@@ -163,7 +163,7 @@ impl Stream {
     async fn send(&self, v: &Value) -> bool {
         self.shared
             .faults
-            .pass_partition(&self.call.user.name)
+            .pass_partition(&[&self.call.user.name, &self.call.token])
             .await;
         self.tx.send(line(v)).await.is_ok()
     }

@@ -163,6 +163,31 @@ pub trait TicketHook: Send + Sync + std::fmt::Debug {
     fn ticket_created(&self, ticket: &Ticket);
 }
 
+/// Every worker spawned with it, to be aborted at once: a leader that can no
+/// longer renew its Lease stops fetching before another replica may start.
+/// An abort is safe: the cursor moves only after the sink took a ticket, and
+/// sinks take the same ticket twice as one.
+#[derive(Clone, Debug, Default)]
+pub struct Fence(Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>);
+
+impl Fence {
+    fn register(&self, worker: tokio::task::AbortHandle) {
+        let mut all = crate::sync::unpoisoned(&self.0);
+        all.retain(|w| !w.is_finished());
+        all.push(worker);
+    }
+
+    /// Aborts every worker still running; returns how many there were.
+    pub fn abort_all(&self) -> usize {
+        let all = std::mem::take(&mut *crate::sync::unpoisoned(&self.0));
+        let running = all.iter().filter(|w| !w.is_finished()).count();
+        for w in all {
+            w.abort();
+        }
+        running
+    }
+}
+
 /// Tuning that tests and benchmarks change; the defaults suit production.
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
@@ -173,6 +198,8 @@ pub struct WorkerOptions {
     /// IDLE is re-issued before the server's 29-minute limit.
     pub idle_refresh: Duration,
     pub on_ticket: Option<Arc<dyn TicketHook>>,
+    /// Where the worker registers to be aborted at once.
+    pub fence: Option<Fence>,
 }
 
 impl Default for WorkerOptions {
@@ -183,6 +210,7 @@ impl Default for WorkerOptions {
             backoff_cap: Duration::from_secs(300),
             idle_refresh: Duration::from_secs(25 * 60),
             on_ticket: None,
+            fence: None,
         }
     }
 }
@@ -258,10 +286,12 @@ impl Worker {
             shutdown: rx,
             options,
         };
-        WorkerHandle {
-            shutdown: tx,
-            join: tokio::spawn(worker.run()),
+        let fence = worker.options.fence.clone();
+        let join = tokio::spawn(worker.run());
+        if let Some(fence) = fence {
+            fence.register(join.abort_handle());
         }
+        WorkerHandle { shutdown: tx, join }
     }
 
     fn emit(&self, event: WorkerEvent) {

@@ -1,0 +1,126 @@
+//! Two `mailroom controller` replicas against one API double and one Dovecot:
+//! a leader stopped with SIGTERM hands over at once, and a leader cut off from
+//! the API server aborts its workers before the standby may take over — with
+//! every message one ticket.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::cluster::{chart_rbac, mail, with_mailbox};
+use testbed::Stack;
+
+/// Short Lease timings, so that a failover test takes seconds.
+const FAST: &[&str] = &[
+    "--lease-duration",
+    "4",
+    "--renew-deadline",
+    "3",
+    "--retry-period",
+    "1",
+];
+
+#[test]
+fn sigterm_of_the_leader_hands_over_and_the_standby_fetches_within_3_seconds() {
+    let stack = Stack::start(Default::default()).unwrap();
+    let (mut cluster, user) = with_mailbox(&stack, chart_rbac());
+    cluster.start_controller("pod-a", &[]);
+    cluster.wait_ready();
+    cluster.start_controller("pod-b", &[]);
+    cluster.wait_for("pod-b to stand by", Duration::from_secs(10), |c| {
+        c.replicas[1].log().contains("standing by")
+    });
+    stack.deliver(&user.address, &[mail("before")]).unwrap();
+    cluster.wait_for("the first ticket", Duration::from_secs(20), |c| {
+        c.ticket_count() == 1
+    });
+
+    let stopped = Instant::now();
+    cluster.replicas[0].terminate();
+    assert_eq!(
+        cluster.replicas[0].wait_exit(Duration::from_secs(10)),
+        Some(0)
+    );
+    stack.deliver(&user.address, &[mail("after")]).unwrap();
+    cluster.wait_for("the standby's ticket", Duration::from_secs(20), |c| {
+        c.ticket_count() == 2
+    });
+    let took = stopped.elapsed();
+    eprintln!("SIGTERM to the standby's first ticket: {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "SIGTERM to the standby's first ticket took {took:?}\n{}",
+        cluster.log()
+    );
+    assert!(
+        cluster.replicas[1]
+            .log()
+            .contains("leading: starting the controllers")
+    );
+}
+
+#[test]
+fn a_partitioned_leader_aborts_its_workers_before_the_standby_takes_over() {
+    let stack = Stack::start(Default::default()).unwrap();
+    let (mut cluster, user) = with_mailbox(&stack, chart_rbac());
+    cluster.start_controller("pod-a", FAST);
+    cluster.wait_ready();
+    cluster.start_controller("pod-b", FAST);
+    cluster.wait_for("pod-b to stand by", Duration::from_secs(10), |c| {
+        c.replicas[1].log().contains("standing by")
+    });
+
+    // Mail keeps arriving through the failover.
+    let delivering = AtomicBool::new(true);
+    let sent = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            while delivering.load(Ordering::Relaxed) {
+                let n = sent.load(Ordering::Relaxed);
+                stack
+                    .deliver(&user.address, &[mail(&format!("m{n}"))])
+                    .unwrap();
+                sent.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        cluster.api.faults().partition(&cluster.replicas[0].token);
+        cluster.wait_for("pod-b to lead", Duration::from_secs(30), |c| {
+            c.replicas[1]
+                .log()
+                .contains("leading: starting the controllers")
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        delivering.store(false, Ordering::Relaxed);
+        sender.join().unwrap();
+    });
+    cluster.api.faults().heal(&cluster.replicas[0].token);
+
+    let fenced = cluster.replicas[0]
+        .logged_at("lost the leader Lease")
+        .unwrap_or_else(|| panic!("pod-a never gave up\n{}", cluster.log()));
+    let took_over = cluster.replicas[1]
+        .logged_at("leading: starting the controllers")
+        .unwrap();
+    assert!(
+        fenced < took_over,
+        "pod-a aborted at {fenced}, after pod-b led at {took_over}"
+    );
+    let total = sent.load(Ordering::Relaxed);
+    cluster.wait_for("every message a ticket", Duration::from_secs(30), |c| {
+        c.ticket_count() >= total
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        cluster.ticket_count(),
+        total,
+        "a message became two tickets"
+    );
+    // Healed, the old leader stands by.
+    cluster.wait_for("pod-a to stand by again", Duration::from_secs(10), |c| {
+        c.replicas[0].log().matches("standing by").count() >= 1
+            && c.replicas[0].log().contains("aborted every fetch worker")
+    });
+}
