@@ -260,3 +260,106 @@ fn kubectl_apply_of_a_manifest_the_crd_rejects_is_refused_naming_the_field() {
         );
     }
 }
+
+#[test]
+fn a_resource_gone_without_its_cleanup_loses_its_worker_within_one_sweep() {
+    let stack = Stack::start(Default::default()).unwrap();
+    let (cluster, user) = ready_cluster(&stack);
+    // The controller misses the deletion: cut off while the finalizer is
+    // removed by hand and the resource deleted, and its watch history gone.
+    let token = cluster.replicas[0].token.clone();
+    cluster.api.faults().partition(&token);
+    for args in [
+        &[
+            "patch",
+            "ies",
+            "support",
+            "-n",
+            NS,
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+        ][..],
+        &["delete", "ies", "support", "-n", NS][..],
+    ] {
+        let out = cluster.kubectl(args, None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    cluster.api.compact();
+    cluster.api.drop_watches();
+    cluster.api.faults().heal(&token);
+
+    cluster.wait_for("the sweep", Duration::from_secs(15), |c| {
+        c.log()
+            .contains("stopped: the resource is gone from the cluster")
+    });
+    assert!(
+        !cluster.log().contains("fetch worker stopped"),
+        "the deletion was seen after all; this test would not test the sweep"
+    );
+    stack
+        .deliver(&user.address, &[mail("after-the-sweep")])
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(cluster.ticket_count(), 0, "a stopped worker fetched");
+}
+
+#[test]
+fn a_resource_created_again_under_its_name_does_not_take_the_old_ones_cursor() {
+    let stack = Stack::start(Default::default()).unwrap();
+    let (cluster, user) = ready_cluster(&stack);
+    stack.deliver(&user.address, &[mail("first")]).unwrap();
+    cluster.wait_for("the ticket", Duration::from_secs(30), |c| {
+        c.ticket_count() == 1
+    });
+    let cursor = || {
+        cluster
+            .api
+            .object("configmaps", NS, "mailroom-cursor-support")
+    };
+    let old_uid = cluster.object("support").unwrap()["metadata"]["uid"].clone();
+    cluster.wait_for("the cursor", Duration::from_secs(10), |_| {
+        cursor().is_some_and(|c| c["metadata"]["ownerReferences"][0]["uid"] == old_uid)
+    });
+
+    // Deleted and created again before the garbage collector took the cursor.
+    let out = cluster.kubectl(&["delete", "ies/support", "-n", NS, "--timeout=30s"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(cursor().is_some());
+    cluster.apply(&incoming_yaml(&stack, &user.address, &cluster.tickets()));
+    cluster.wait_ready();
+    let new_uid = cluster.object("support").unwrap()["metadata"]["uid"].clone();
+    assert_ne!(new_uid, old_uid);
+    assert!(
+        cluster
+            .log()
+            .contains("the cursor belongs to an earlier resource of this name; starting afresh"),
+        "{}",
+        cluster.log()
+    );
+    stack.deliver(&user.address, &[mail("second")]).unwrap();
+    cluster.wait_for("the new resource's ticket", Duration::from_secs(30), |c| {
+        c.ticket_count() == 2
+    });
+    cluster.wait_for(
+        "the cursor, now the new resource's",
+        Duration::from_secs(10),
+        |_| {
+            cursor().is_some_and(|c| {
+                let owners = c["metadata"]["ownerReferences"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                owners.len() == 1 && owners[0]["uid"] == new_uid
+            })
+        },
+    );
+}

@@ -1,6 +1,8 @@
 //! Fetch cursors in the cluster: one ConfigMap per IncomingEmailServer, owned
 //! by it (so it is garbage-collected with it), so that a restarted or moved
-//! pod neither loses nor repeats mail.
+//! pod neither loses nor repeats mail. The ConfigMap is named after the
+//! resource, but a cursor counts only for the resource whose UID owns it: a
+//! resource deleted and created again under its name starts afresh.
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -67,6 +69,17 @@ impl CursorStore for ConfigMapCursorStore {
             else {
                 return Ok(None);
             };
+            // A cursor left by an earlier resource of the same name (deleted,
+            // not yet garbage-collected) is not this one's: it starts afresh.
+            let ours = cm
+                .metadata
+                .owner_references
+                .as_ref()
+                .is_some_and(|refs| refs.iter().any(|r| r.uid == self.owner.uid));
+            if !ours {
+                tracing::info!(config_map = %self.name, "the cursor belongs to an earlier resource of this name; starting afresh");
+                return Ok(None);
+            }
             match cm.data.as_ref().and_then(|d| d.get(KEY)) {
                 Some(text) => serde_json::from_str(text)
                     .map(Some)

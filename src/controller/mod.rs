@@ -138,6 +138,64 @@ impl Context {
         self.engine.lock().await.shutdown().await;
     }
 
+    /// Stops the workers and senders whose resource is no longer in the
+    /// watch cache: its finalizer was removed by hand, or its deletion was
+    /// missed. Runs only on a synced cache (a cache still listing is not a
+    /// cluster without resources). Returns what it stopped.
+    pub async fn sweep(&self) -> Vec<ResourceId> {
+        let live = |ids: Vec<ResourceId>| -> std::collections::HashSet<ResourceId> {
+            ids.into_iter().collect()
+        };
+        let incoming = live(
+            self.incoming_store
+                .state()
+                .iter()
+                .filter_map(|o| identity(o.as_ref()).ok().map(|(id, _)| id))
+                .collect(),
+        );
+        let outgoing = live(
+            self.outgoing_store
+                .state()
+                .iter()
+                .filter_map(|o| identity(o.as_ref()).ok().map(|(id, _)| id))
+                .collect(),
+        );
+        let mut engine = self.engine.lock().await;
+        let mut stopped = Vec::new();
+        for id in engine.incoming_ids() {
+            if !incoming.contains(&id) && engine.remove_incoming(&id).await {
+                stopped.push(id);
+            }
+        }
+        for id in engine.outgoing_ids() {
+            if !outgoing.contains(&id) && engine.remove_outgoing(&id) {
+                stopped.push(id);
+            }
+        }
+        for id in &stopped {
+            tracing::warn!(resource = %id, "stopped: the resource is gone from the cluster without its finalizer's cleanup (was the finalizer removed by hand?)");
+        }
+        stopped
+    }
+
+    /// Sweeps every `every` once both caches have synced, until `stop`.
+    pub async fn sweep_every(&self, every: std::time::Duration, stop: impl Future<Output = ()>) {
+        // Readiness is asked anew at each tick rather than awaited: a store's
+        // readiness wakes only its latest waiter, and the Controller waits too.
+        let sweeping = async {
+            loop {
+                tokio::time::sleep(every).await;
+                if ready(&self.incoming_store).await && ready(&self.outgoing_store).await {
+                    self.sweep().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = sweeping => {}
+            _ = stop => {}
+        }
+    }
+
     fn on_change(&self, work: StatusWork) -> OnChange {
         let trigger = self.status_trigger.clone();
         Arc::new(move || {
@@ -195,6 +253,20 @@ fn retest<K: Resource>(obj: &K) -> String {
         .get(TEST_ANNOTATION)
         .cloned()
         .unwrap_or_default()
+}
+
+/// Whether a watch cache has synced, asked without waiting.
+async fn ready<K>(store: &Store<K>) -> bool
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    tokio::time::timeout(
+        std::time::Duration::from_millis(1),
+        store.wait_until_ready(),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok())
 }
 
 /// Runs `apply`, or `cleanup` while the object is being deleted, behind the

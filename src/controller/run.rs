@@ -32,6 +32,8 @@ use mailroom_core::sync::write_unpoisoned;
 
 /// Reconciles running at once, per kind.
 const CONCURRENCY: u16 = 8;
+/// How often workers whose resource is gone are looked for.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct ControllerOptions {
@@ -255,6 +257,14 @@ async fn term(
         running.push(controllers);
     }
     *write_unpoisoned(&probe.contexts) = contexts.clone();
+    let sweepers: Vec<_> = contexts
+        .iter()
+        .map(|ctx| {
+            let ctx = ctx.clone();
+            let stop = shutdown();
+            tokio::spawn(async move { ctx.sweep_every(SWEEP_EVERY, stop).await })
+        })
+        .collect();
 
     // In a cluster the endpoint always runs: ServiceAccount tokens are
     // reviewed by the API server, file tokens are optional.
@@ -272,6 +282,7 @@ async fn term(
     };
 
     futures::future::join_all(running).await;
+    futures::future::join_all(sweepers).await;
     tracing::info!("stopping every worker after its message in flight");
     futures::future::join_all(contexts.iter().map(|ctx| ctx.stop_all())).await;
     write_unpoisoned(&probe.contexts).clear();
