@@ -82,6 +82,10 @@ enum Command {
         /// Bearer tokens of the submission endpoint (as for `run`).
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
+        /// ServiceAccount tokens at the submission endpoint must be issued for
+        /// this audience (a projected token with `audience: mailroom`).
+        #[arg(long, value_name = "AUDIENCE", default_value = controller::review::DEFAULT_AUDIENCE)]
+        token_audience: String,
         /// Elect a leader with a Lease, so that replicas can stand by.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         leader_election: bool,
@@ -228,6 +232,7 @@ fn main() -> ExitCode {
             health_listen,
             listen,
             token_file,
+            token_audience,
             leader_election,
             lease_namespace,
             lease_name,
@@ -252,6 +257,7 @@ fn main() -> ExitCode {
                     health_listen,
                     submission_listen: listen,
                     tokens,
+                    token_audience,
                     election,
                     identity,
                 })

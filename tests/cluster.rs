@@ -363,3 +363,67 @@ fn a_resource_created_again_under_its_name_does_not_take_the_old_ones_cursor() {
         },
     );
 }
+
+#[test]
+fn a_mailbox_whose_server_hangs_holds_up_no_other_resource_nor_metrics() {
+    let stack = Stack::start(Default::default()).unwrap();
+    let (cluster, user) = ready_cluster(&stack);
+    // A server that accepts connections and never says a word.
+    let tarpit = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tarpit.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in tarpit.incoming() {
+            held.push(conn);
+        }
+    });
+    let slow = |password: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: slow, namespace: {NS}}}\nstringData: {{password: {password}}}\n---\n{}",
+            incoming_yaml(&stack, &user.address, &cluster.tickets())
+                .replace("name: support,", "name: slow,")
+                .replace(
+                    &format!("port: {}", stack.ports().imaps),
+                    &format!("port: {port}")
+                )
+                .replace("name: mailbox, key", "name: slow, key")
+        )
+    };
+    cluster.apply(&slow("first"));
+    cluster.wait_for("the slow worker", Duration::from_secs(10), |c| {
+        c.log().matches("worker started").count() == 2
+    });
+    // A new password: the slow worker must stop first, and it is stuck in its
+    // TLS handshake until its I/O timeout.
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.apply(&slow("second"));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let asked = std::time::Instant::now();
+    let (code, metrics) = cluster.replicas[0].get("/metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("mailroom_leader 1"), "{metrics}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "/metrics took {:?}",
+        asked.elapsed()
+    );
+    // Another resource reconciles meanwhile.
+    let started = std::time::Instant::now();
+    cluster.apply(
+        &incoming_yaml(&stack, &user.address, &cluster.tickets())
+            .replace("name: support,", "name: other,"),
+    );
+    cluster.wait_for("the other resource Ready", Duration::from_secs(5), |c| {
+        c.api
+            .object(IES, NS, "other")
+            .and_then(|o| condition(&o, "Ready"))
+            .is_some_and(|r| r["status"] == "True")
+    });
+    assert!(
+        cluster.log().matches("worker started").count() < 4,
+        "the slow worker had already restarted: this test would not test the lock\n{}",
+        cluster.log()
+    );
+    eprintln!("another resource became Ready in {:?}", started.elapsed());
+}

@@ -231,6 +231,7 @@ fn harness_with_sink(
             backoff_cap: Duration::from_millis(500),
             ..WorkerOptions::default()
         },
+        writes: true,
     }));
     Harness {
         api,
@@ -771,66 +772,58 @@ async fn startup_names_missing_crds_and_missing_rbac() {
 }
 
 #[tokio::test]
-async fn service_account_tokens_are_reviewed_and_kept_to_their_namespace() {
+async fn service_account_tokens_are_reviewed_for_our_audience_and_kept_to_their_namespace() {
     use mailroom::controller::review::ServiceAccounts;
     use mailroom::submission::{Authenticator, Denied, SubmissionTokens};
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let reviews = Arc::new(Mutex::new(Vec::new()));
-    let seen = reviews.clone();
-    tokio::spawn(async move {
-        while let Some((request, send)) = handle.next_request().await {
-            let path = request.uri().path().to_owned();
-            let bytes = request.into_body().collect_bytes().await.unwrap();
-            let body: Value = serde_json::from_slice(&bytes).unwrap();
-            let token = body["spec"]["token"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            seen.lock().unwrap().push((path, token.clone()));
-            let status = if token == "sa-token" {
-                json!({"authenticated": true, "user": {"username": "system:serviceaccount:helpdesk:app"}})
-            } else {
-                json!({"authenticated": false, "error": "invalid bearer token"})
-            };
-            let answer = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": body["spec"], "status": status});
-            send.send_response(
-                Response::builder()
-                    .status(201)
-                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                    .unwrap(),
-            );
-        }
-    });
-    let auth = ServiceAccounts {
-        tokens: Some(SubmissionTokens::parse("file-token hr\n").unwrap()),
-        client: Client::new(service, "default"),
+    use testbed::kube::{KubeApi, KubeOptions, User};
+    let api = KubeApi::start(KubeOptions::default()).unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kubeconfig =
+        kube::config::Kubeconfig::from_yaml(&api.kubeconfig(api.admin_token(), NS)).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let client = Client::try_from(config).unwrap();
+    let ours = api.add_user(User::service_account(NS, "app", &["mailroom"]));
+    let elsewhere = api.add_user(User::service_account(NS, "app", &["https://vault.example"]));
+    let auth = ServiceAccounts::new(
+        Some(SubmissionTokens::parse("file-token hr\n").unwrap()),
+        client,
+        "mailroom",
+    );
+    let reviews = || {
+        api.requests()
+            .iter()
+            .filter(|r| r.resource == "tokenreviews.authentication.k8s.io")
+            .count()
     };
-    assert_eq!(auth.check(Some("sa-token"), NS).await, Ok(()));
+    assert_eq!(auth.check(Some(&ours), NS).await, Ok(()));
     assert_eq!(
-        auth.check(Some("sa-token"), "hr").await,
+        auth.check(Some(&ours), "hr").await,
         Err(Denied::Forbidden),
         "another namespace"
+    );
+    assert_eq!(
+        auth.check(Some(&elsewhere), NS).await,
+        Err(Denied::Unauthenticated),
+        "a token issued for another audience"
     );
     assert_eq!(
         auth.check(Some("forged"), NS).await,
         Err(Denied::Unauthenticated)
     );
     assert_eq!(auth.check(None, NS).await, Err(Denied::Unauthenticated));
+    // Answers are reused for a while: three tokens, three reviews.
+    assert_eq!(reviews(), 3);
+    assert_eq!(auth.check(Some(&ours), NS).await, Ok(()));
+    assert_eq!(reviews(), 3);
     // A file token decides without asking the API server.
-    let before = reviews.lock().unwrap().len();
     assert_eq!(auth.check(Some("file-token"), "hr").await, Ok(()));
     assert_eq!(
         auth.check(Some("file-token"), NS).await,
         Err(Denied::Forbidden)
     );
-    assert_eq!(reviews.lock().unwrap().len(), before);
-    assert!(
-        reviews
-            .lock()
-            .unwrap()
-            .iter()
-            .all(|(path, _)| path == "/apis/authentication.k8s.io/v1/tokenreviews")
-    );
+    assert_eq!(reviews(), 3);
 }
 
 #[tokio::test]

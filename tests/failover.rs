@@ -124,3 +124,110 @@ fn a_partitioned_leader_aborts_its_workers_before_the_standby_takes_over() {
             && c.replicas[0].log().contains("aborted every fetch worker")
     });
 }
+
+/// A blocking HTTP POST; returns the status code.
+fn post(port: u16, path: &str, token: Option<&str>, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response[9..12].parse().unwrap()
+}
+
+#[test]
+fn every_replica_sends_for_tokens_of_our_audience_only() {
+    let stack = Stack::start(Default::default()).unwrap();
+    let (mut cluster, user) = with_mailbox(&stack, chart_rbac());
+    let sender = stack
+        .add_user("notifier@mailroom.test", "n0tify-pass")
+        .unwrap();
+    // An application team's sender in a namespace of its own.
+    cluster.apply(&format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: apps}}
+---
+{ca}---
+apiVersion: v1
+kind: Secret
+metadata: {{name: sender, namespace: apps}}
+stringData: {{password: {password}}}
+---
+apiVersion: mailroom.dev/v1alpha1
+kind: OutgoingEmailServer
+metadata: {{name: notifier, namespace: apps}}
+spec:
+  email: {email}
+  provider: Other
+  server: 127.0.0.1
+  port: {port}
+  securityType: TLS
+  primary: true
+  authentication: {{passwordSecretRef: {{name: sender, key: password}}}}
+  tls: {{caSecretRef: {{name: ca, key: ca.crt}}}}
+"#,
+        ca = stack.ca_secret_yaml("ca", "apps"),
+        password = sender.password,
+        email = sender.address,
+        port = stack.ports().submission,
+    ));
+    cluster.start_controller("pod-a", &[]);
+    cluster.wait_ready();
+    cluster.start_controller("pod-b", &[]);
+    let ours = cluster.api.add_user(testbed::kube::User::service_account(
+        "apps",
+        "app",
+        &["mailroom"],
+    ));
+    let theirs = cluster.api.add_user(testbed::kube::User::service_account(
+        "apps",
+        "app",
+        &["vault"],
+    ));
+    let path = "/v1/namespaces/apps/messages";
+    let message = |subject: &str| {
+        serde_json::json!({"to": [user.address], "subject": subject, "text": "Sent through a replica."})
+            .to_string()
+    };
+    for (i, replica) in cluster.replicas.iter().enumerate() {
+        let port = replica.submission;
+        // The standby's senders come from its own controllers: wait for them.
+        let start = Instant::now();
+        let status = loop {
+            let status = post(
+                port,
+                path,
+                Some(&ours),
+                &message(&format!("via-{}", replica.identity)),
+            );
+            if status == 200 || start.elapsed() > Duration::from_secs(15) {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(status, 200, "replica {i} did not send\n{}", cluster.log());
+        assert_eq!(
+            post(port, path, Some(&theirs), &message("other-audience")),
+            401
+        );
+        assert_eq!(post(port, path, None, &message("no-token")), 401);
+    }
+    cluster.wait_for("both messages as tickets", Duration::from_secs(30), |c| {
+        c.ticket_count() == 2
+    });
+    let subjects: Vec<String> = support::json_files::<serde_json::Value>(&cluster.tickets())
+        .iter()
+        .map(|t| t["subject"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(subjects.contains(&"via-pod-a".to_owned()), "{subjects:?}");
+    assert!(subjects.contains(&"via-pod-b".to_owned()), "{subjects:?}");
+}

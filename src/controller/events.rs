@@ -15,6 +15,9 @@ pub(super) async fn publish(
     note: String,
     action: &str,
 ) {
+    if !ctx.writes {
+        return;
+    }
     let ev = Event {
         type_,
         reason: reason.to_owned(),

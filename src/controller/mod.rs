@@ -31,7 +31,7 @@ use serde::Serialize;
 use tokio::sync::{Mutex, mpsc};
 
 use crate::api::{IncomingEmailServer, OutgoingEmailServer};
-use crate::engine::{Applied, Desired, Engine, Environment, Names, own_addresses};
+use crate::engine::{Applied, Desired, Engine, Environment, Names, Plan, Retired, own_addresses};
 use crate::runtime::OnChange;
 use mailroom_core::incoming::worker::WorkerOptions;
 use mailroom_core::oauth2::Tokens;
@@ -72,6 +72,9 @@ pub struct Context {
     failures: std::sync::Mutex<HashMap<String, u32>>,
     /// When each status was last written, for batching the counters.
     written_at: std::sync::Mutex<HashMap<ResourceId, std::time::Instant>>,
+    /// The leader's contexts write (finalizers, status, events); a standby's
+    /// only keeps its senders current for the submission endpoint.
+    writes: bool,
 }
 
 impl std::fmt::Debug for Context {
@@ -94,6 +97,8 @@ pub struct ContextParts {
     pub status_trigger: mpsc::UnboundedSender<StatusWork>,
     pub default_sink: Option<PathBuf>,
     pub options: WorkerOptions,
+    /// False on a standby: no finalizer, status or event is written.
+    pub writes: bool,
 }
 
 impl Context {
@@ -116,6 +121,7 @@ impl Context {
             status_trigger: p.status_trigger,
             failures: std::sync::Mutex::default(),
             written_at: std::sync::Mutex::default(),
+            writes: p.writes,
         }
     }
 
@@ -133,9 +139,15 @@ impl Context {
         )
     }
 
-    /// Stops every worker at once (each finishes its message in flight).
+    /// Stops every worker at once (each finishes its message in flight),
+    /// without holding the engine while they finish.
     pub async fn stop_all(&self) {
-        self.engine.lock().await.shutdown().await;
+        let mut retired = {
+            let mut engine = self.engine.lock().await;
+            engine.stop_outgoing();
+            engine.take_all_incoming()
+        };
+        futures::future::join_all(retired.iter_mut().map(Retired::stop)).await;
     }
 
     /// Stops the workers and senders whose resource is no longer in the
@@ -160,18 +172,25 @@ impl Context {
                 .filter_map(|o| identity(o.as_ref()).ok().map(|(id, _)| id))
                 .collect(),
         );
-        let mut engine = self.engine.lock().await;
         let mut stopped = Vec::new();
-        for id in engine.incoming_ids() {
-            if !incoming.contains(&id) && engine.remove_incoming(&id).await {
-                stopped.push(id);
+        let mut retired = Vec::new();
+        {
+            let mut engine = self.engine.lock().await;
+            for id in engine.incoming_ids() {
+                if !incoming.contains(&id)
+                    && let Some(r) = engine.take_incoming(&id)
+                {
+                    retired.push(r);
+                    stopped.push(id);
+                }
+            }
+            for id in engine.outgoing_ids() {
+                if !outgoing.contains(&id) && engine.remove_outgoing(&id) {
+                    stopped.push(id);
+                }
             }
         }
-        for id in engine.outgoing_ids() {
-            if !outgoing.contains(&id) && engine.remove_outgoing(&id) {
-                stopped.push(id);
-            }
-        }
+        futures::future::join_all(retired.iter_mut().map(Retired::stop)).await;
         for id in &stopped {
             tracing::warn!(resource = %id, "stopped: the resource is gone from the cluster without its finalizer's cleanup (was the finalizer removed by hand?)");
         }
@@ -289,6 +308,14 @@ where
     FC: Future<Output = Result<Action, Error>>,
 {
     let (id, uid) = identity(obj.as_ref())?;
+    if !ctx.writes {
+        // A standby follows the object without touching it.
+        return if obj.meta().deletion_timestamp.is_some() {
+            cleanup(obj, ctx).await
+        } else {
+            apply(obj, ctx).await
+        };
+    }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &id.namespace);
     let c = ctx.clone();
     let result = finalizer(&api, FINALIZER, obj, |event| async move {
@@ -324,33 +351,41 @@ async fn apply_incoming(obj: Arc<IncomingEmailServer>, ctx: Arc<Context>) -> Res
         .as_ref()
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
-    let applied = ctx
-        .engine
-        .lock()
-        .await
-        .apply_incoming(
-            Desired {
-                id: &id,
-                spec: &obj.spec,
-                generation: obj.metadata.generation,
-                retest: &retest,
-                secrets: &fetched.secrets,
-                config_maps: &fetched.config_maps,
-                conditions: &conditions,
-                on_change: Some(ctx.on_change(StatusWork::Incoming(id.clone()))),
-            },
-            &own,
-            || {
-                Arc::new(cursor::ConfigMapCursorStore::new(
-                    ctx.client.clone(),
-                    &id.namespace,
-                    &id.name,
-                    owner,
-                    MANAGER,
-                ))
-            },
-        )
-        .await;
+    let desired = Desired {
+        id: &id,
+        spec: &obj.spec,
+        generation: obj.metadata.generation,
+        retest: &retest,
+        secrets: &fetched.secrets,
+        config_maps: &fetched.config_maps,
+        conditions: &conditions,
+        on_change: Some(ctx.on_change(StatusWork::Incoming(id.clone()))),
+    };
+    // The old worker stops with the engine unlocked: other resources'
+    // reconciles, status writes and /metrics go on meanwhile.
+    let plan = ctx.engine.lock().await.plan_incoming(&desired, &own);
+    let applied = match plan {
+        Plan::Keep => Applied::Kept,
+        Plan::Start(mut retired) => {
+            if let Some(r) = retired.as_mut() {
+                r.stop().await;
+            }
+            ctx.engine.lock().await.start_incoming(
+                desired,
+                &own,
+                || {
+                    Arc::new(cursor::ConfigMapCursorStore::new(
+                        ctx.client.clone(),
+                        &id.namespace,
+                        &id.name,
+                        owner,
+                        MANAGER,
+                    ))
+                },
+                retired,
+            )
+        }
+    };
     let reference = obj.object_ref(&());
     if applied != Applied::Kept {
         let what = if applied == Applied::Restarted {
@@ -376,7 +411,9 @@ async fn cleanup_incoming(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let (id, _) = identity(obj.as_ref())?;
-    if ctx.engine.lock().await.remove_incoming(&id).await {
+    let retired = ctx.engine.lock().await.take_incoming(&id);
+    if let Some(mut r) = retired {
+        r.stop().await;
         events::publish(
             &ctx,
             &obj.object_ref(&()),

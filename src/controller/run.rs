@@ -44,6 +44,8 @@ pub struct ControllerOptions {
     pub health_listen: SocketAddr,
     pub submission_listen: SocketAddr,
     pub tokens: Option<SubmissionTokens>,
+    /// The audience ServiceAccount tokens at the submission endpoint must carry.
+    pub token_audience: String,
     /// Leader election; none: this replica always leads.
     pub election: Option<ElectionConfig>,
     /// Named in events.
@@ -147,6 +149,34 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
         },
     ));
 
+    // Sending needs no leadership: every replica serves the endpoint from
+    // senders of its own, kept current by the leader's or a standby's controllers.
+    let outbox = Arc::new(Outbox::new());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "mailroom".into(),
+            instance: Some(opts.identity.clone()),
+        },
+    );
+    let submission_task = {
+        let listener = listen(opts.submission_listen).await?;
+        let auth = ServiceAccounts::new(opts.tokens.clone(), client.clone(), &opts.token_audience);
+        let mut stop = stop_rx.clone();
+        tokio::spawn(submission::serve(
+            listener,
+            submission::router(outbox.clone(), Arc::new(auth)),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ))
+    };
+    let shared = Shared {
+        client: client.clone(),
+        outbox,
+        recorder,
+    };
+
     let mut elector = opts
         .election
         .clone()
@@ -155,7 +185,13 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
         if let Some(e) = elector.as_mut() {
             let c = e.config();
             tracing::info!(identity = %c.identity, "waiting to lead (Lease {}/{})", c.namespace, c.name);
-            if e.acquire(&mut stop_rx.clone()).await.is_none() {
+            let (standby_stop, standby_rx) = watch::channel(false);
+            let standby = tokio::spawn(standby(shared.clone(), opts.clone(), standby_rx));
+            let led = e.acquire(&mut stop_rx.clone()).await;
+            let _ = standby_stop.send(true);
+            let _ = standby.await;
+            if led.is_none() {
+                let _ = submission_task.await;
                 return Ok(());
             }
         }
@@ -183,7 +219,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
                 e
             })
         });
-        term(&client, &opts, &probe, fence, stop_rx.clone(), lost_rx).await?;
+        term(&shared, &opts, &probe, fence, stop_rx.clone(), lost_rx).await;
         probe.leading.store(false, Ordering::Relaxed);
         let stopping = *stop_rx.borrow();
         if stopping {
@@ -194,8 +230,54 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
             elector = task.await.ok();
         }
         if stopping || opts.election.is_none() {
+            let _ = submission_task.await;
             return Ok(());
         }
+    }
+}
+
+/// What every term and standby phase of this process shares.
+#[derive(Clone)]
+struct Shared {
+    client: Client,
+    outbox: Arc<Outbox>,
+    recorder: Recorder,
+}
+
+/// While not leading: the OutgoingEmailServer controllers alone, writing
+/// nothing, so that this replica's submission endpoint sends too.
+async fn standby(shared: Shared, opts: ControllerOptions, stop: watch::Receiver<bool>) {
+    let shutdown = move || {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    let mut contexts = Vec::new();
+    let mut running = Vec::new();
+    for scope in scopes(&opts) {
+        let (ctx, controllers) = scope_controllers(
+            &shared,
+            scope,
+            Role::Standby,
+            opts.default_sink.clone(),
+            WorkerOptions::default(),
+            &shutdown,
+        );
+        contexts.push(ctx);
+        running.push(controllers);
+    }
+    futures::future::join_all(running).await;
+    // The senders stay in the outbox until the leader's controllers replace
+    // them, so that the endpoint never goes without.
+    futures::future::join_all(contexts.iter().map(|ctx| ctx.stop_all())).await;
+}
+
+fn scopes(opts: &ControllerOptions) -> Vec<Option<&str>> {
+    if opts.namespaces.is_empty() {
+        vec![None]
+    } else {
+        opts.namespaces.iter().map(|n| Some(n.as_str())).collect()
     }
 }
 
@@ -203,21 +285,13 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
 /// endpoint, until asked to stop or the Lease is lost; then every worker stops
 /// (after its message in flight; workers already aborted by the fence are gone).
 async fn term(
-    client: &Client,
+    shared: &Shared,
     opts: &ControllerOptions,
     probe: &HealthState,
     fence: Fence,
     stop_rx: watch::Receiver<bool>,
     lost_rx: watch::Receiver<bool>,
-) -> Result<(), RunError> {
-    let outbox = Arc::new(Outbox::new());
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "mailroom".into(),
-            instance: Some(opts.identity.clone()),
-        },
-    );
+) {
     let shutdown = {
         let stop = stop_rx.clone();
         let lost = lost_rx.clone();
@@ -232,23 +306,17 @@ async fn term(
             }
         }
     };
-    let scopes: Vec<Option<&str>> = if opts.namespaces.is_empty() {
-        vec![None]
-    } else {
-        opts.namespaces.iter().map(|n| Some(n.as_str())).collect()
-    };
     let options = WorkerOptions {
         fence: Some(fence),
         ..WorkerOptions::default()
     };
     let mut contexts = Vec::new();
     let mut running = Vec::new();
-    for scope in scopes {
+    for scope in scopes(opts) {
         let (ctx, controllers) = scope_controllers(
-            client,
+            shared,
             scope,
-            outbox.clone(),
-            recorder.clone(),
+            Role::Leader,
             opts.default_sink.clone(),
             options.clone(),
             &shutdown,
@@ -266,36 +334,27 @@ async fn term(
         })
         .collect();
 
-    // In a cluster the endpoint always runs: ServiceAccount tokens are
-    // reviewed by the API server, file tokens are optional.
-    let submission_task = {
-        let listener = listen(opts.submission_listen).await?;
-        let auth = ServiceAccounts {
-            tokens: opts.tokens.clone(),
-            client: client.clone(),
-        };
-        tokio::spawn(submission::serve(
-            listener,
-            submission::router(outbox.clone(), Arc::new(auth)),
-            shutdown(),
-        ))
-    };
-
     futures::future::join_all(running).await;
     futures::future::join_all(sweepers).await;
     tracing::info!("stopping every worker after its message in flight");
     futures::future::join_all(contexts.iter().map(|ctx| ctx.stop_all())).await;
     write_unpoisoned(&probe.contexts).clear();
-    let _ = submission_task.await;
-    Ok(())
 }
 
-/// Both Controllers over one scope (a namespace, or all), sharing `outbox`.
+/// Whether a scope's controllers lead (fetch workers, finalizers, status,
+/// events) or stand by (senders only).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Leader,
+    Standby,
+}
+
+/// The Controllers over one scope (a namespace, or all), sharing the outbox:
+/// both when leading, the OutgoingEmailServer one alone when standing by.
 fn scope_controllers<F>(
-    client: &Client,
+    shared: &Shared,
     ns: Option<&str>,
-    outbox: Arc<Outbox>,
-    recorder: Recorder,
+    role: Role,
     default_sink: Option<PathBuf>,
     options: WorkerOptions,
     shutdown: &impl Fn() -> F,
@@ -303,20 +362,22 @@ fn scope_controllers<F>(
 where
     F: Future<Output = ()> + Send + Sync + 'static,
 {
+    let client = &shared.client;
     let (incoming_store, incoming_writer) = reflector::store();
     let (outgoing_store, outgoing_writer) = reflector::store();
     let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
     let (status_tx, status_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(Context::new(ContextParts {
         client: client.clone(),
-        recorder,
-        outbox,
+        recorder: shared.recorder.clone(),
+        outbox: shared.outbox.clone(),
         incoming_store: incoming_store.clone(),
         outgoing_store: outgoing_store.clone(),
         incoming_trigger: incoming_tx,
         status_trigger: status_tx,
         default_sink,
         options,
+        writes: role == Role::Leader,
     }));
     let status_writer = tokio::spawn(super::status::follow(ctx.clone(), status_rx));
     let config = ControllerConfig::default().concurrency(CONCURRENCY);
@@ -380,7 +441,12 @@ where
             .for_each(|_| async {})
     };
     let both = async move {
-        tokio::join!(incoming, outgoing);
+        // Streams are lazy: a standby's incoming watch is never opened.
+        if role == Role::Leader {
+            tokio::join!(incoming, outgoing);
+        } else {
+            outgoing.await;
+        }
         status_writer.abort();
     };
     (ctx, Box::pin(both))

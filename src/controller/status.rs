@@ -98,6 +98,9 @@ pub(super) async fn write_incoming(
     obj: &IncomingEmailServer,
 ) -> Result<Action, Error> {
     let (id, _) = identity(obj)?;
+    if !ctx.writes {
+        return Ok(Action::await_change());
+    }
     // The engine is released before the API call: a slow write holds nobody.
     let computed = ctx
         .engine
@@ -121,6 +124,9 @@ pub(super) async fn write_outgoing(
     obj: &OutgoingEmailServer,
 ) -> Result<Action, Error> {
     let (id, _) = identity(obj)?;
+    if !ctx.writes {
+        return Ok(Action::await_change());
+    }
     let others: Vec<String> = if obj.spec.primary {
         ctx.outgoing_store
             .state()

@@ -50,6 +50,7 @@ pub struct Environment {
 }
 
 /// One resource as its adapter read it.
+#[derive(Clone)]
 pub(crate) struct Desired<'a, S> {
     pub id: &'a ResourceId,
     pub spec: &'a S,
@@ -83,6 +84,29 @@ pub(crate) struct Computed<S> {
     /// The FilterRejecting message, when it became True or its message changed
     /// while True.
     pub rejecting: Option<String>,
+}
+
+/// An IncomingEmailServer's runtime taken out of the engine, to be stopped
+/// by the caller without holding the engine: a worker that takes seconds to
+/// finish its message must not hold up any other resource.
+#[derive(Debug)]
+pub struct Retired {
+    entry: Box<Entry<IncomingRuntime>>,
+}
+
+impl Retired {
+    /// Stops the worker after the message in flight; its cursor is saved.
+    pub async fn stop(&mut self) {
+        self.entry.runtime.stop().await;
+    }
+}
+
+/// What applying an IncomingEmailServer needs: nothing, or a (re)start after
+/// the old runtime, if any, has stopped.
+#[derive(Debug)]
+pub(crate) enum Plan {
+    Keep,
+    Start(Option<Retired>),
 }
 
 #[derive(Debug)]
@@ -200,34 +224,73 @@ impl Engine {
 
     /// Starts, restarts or keeps an IncomingEmailServer. `own` are the
     /// namespace's own addresses (`own_addresses`); `cursors` makes its cursor
-    /// store when it (re)starts.
+    /// store when it (re)starts. Stops the old runtime in between; an adapter
+    /// that shares the engine calls `plan_incoming`, stops the retired runtime
+    /// unlocked, then `start_incoming`.
     pub(crate) async fn apply_incoming(
         &mut self,
         d: Desired<'_, IncomingEmailServerSpec>,
         own: &[String],
         cursors: impl FnOnce() -> Arc<dyn CursorStore>,
     ) -> Applied {
+        match self.plan_incoming(&d, own) {
+            Plan::Keep => Applied::Kept,
+            Plan::Start(mut retired) => {
+                if let Some(r) = retired.as_mut() {
+                    r.stop().await;
+                }
+                self.start_incoming(d, own, cursors, retired)
+            }
+        }
+    }
+
+    fn incoming_digest(
+        &self,
+        d: &Desired<'_, IncomingEmailServerSpec>,
+        own: &[String],
+    ) -> [u8; 32] {
         let mut extra: Vec<&str> = own.iter().map(String::as_str).collect();
         extra.push(d.retest);
-        let id = d.id;
-        let digest_now = || {
-            digest(
-                d.spec,
-                &id.namespace,
-                d.secrets,
-                d.config_maps,
-                &self.env.tokens,
-                &extra,
-            )
-        };
-        if kept(&mut self.incoming, id, digest_now(), d.generation) {
-            return Applied::Kept;
+        digest(
+            d.spec,
+            &d.id.namespace,
+            d.secrets,
+            d.config_maps,
+            &self.env.tokens,
+            &extra,
+        )
+    }
+
+    /// Keeps the runtime when it already runs from this configuration, or
+    /// takes the old one out for the caller to stop.
+    pub(crate) fn plan_incoming(
+        &mut self,
+        d: &Desired<'_, IncomingEmailServerSpec>,
+        own: &[String],
+    ) -> Plan {
+        let digest = self.incoming_digest(d, own);
+        if kept(&mut self.incoming, d.id, digest, d.generation) {
+            return Plan::Keep;
         }
-        let (applied, conditions, carried) = match self.incoming.remove(id) {
-            Some(mut old) => {
-                old.runtime.stop().await;
-                (Applied::Restarted, old.conditions, old.runtime.counters())
-            }
+        Plan::Start(self.take_incoming(d.id))
+    }
+
+    /// Starts the runtime, carrying conditions and counters over from the
+    /// stopped one.
+    pub(crate) fn start_incoming(
+        &mut self,
+        d: Desired<'_, IncomingEmailServerSpec>,
+        own: &[String],
+        cursors: impl FnOnce() -> Arc<dyn CursorStore>,
+        retired: Option<Retired>,
+    ) -> Applied {
+        let id = d.id;
+        let (applied, conditions, carried) = match retired {
+            Some(old) => (
+                Applied::Restarted,
+                old.entry.conditions,
+                old.entry.runtime.counters(),
+            ),
             None => (Applied::Started, d.conditions.to_vec(), Default::default()),
         };
         let runtime = IncomingRuntime::start(IncomingInputs {
@@ -241,12 +304,12 @@ impl Engine {
             default_sink: self.env.default_sink.as_deref(),
             store: cursors(),
             options: self.env.options.clone(),
-            on_change: d.on_change,
+            on_change: d.on_change.clone(),
             counters: carried,
         });
         // Taken again now that the runtime's OAuth2 grants are known, so that
         // their own refresh-token write-backs leave it unchanged.
-        let digest = digest_now();
+        let digest = self.incoming_digest(&d, own);
         self.incoming.insert(
             id.clone(),
             Entry {
@@ -311,13 +374,20 @@ impl Engine {
 
     /// Stops an IncomingEmailServer's worker after the message in flight.
     pub(crate) async fn remove_incoming(&mut self, id: &ResourceId) -> bool {
-        match self.incoming.remove(id) {
-            Some(mut e) => {
-                e.runtime.stop().await;
+        match self.take_incoming(id) {
+            Some(mut r) => {
+                r.stop().await;
                 true
             }
             None => false,
         }
+    }
+
+    /// Takes an IncomingEmailServer's runtime out, for the caller to stop.
+    pub(crate) fn take_incoming(&mut self, id: &ResourceId) -> Option<Retired> {
+        self.incoming.remove(id).map(|entry| Retired {
+            entry: Box::new(entry),
+        })
     }
 
     /// Takes an OutgoingEmailServer out of the outbox.
@@ -382,8 +452,23 @@ impl Engine {
     /// flight and saves its cursor. Their last counters stay for a final status.
     pub async fn shutdown(&mut self) {
         futures::future::join_all(self.incoming.values_mut().map(|e| e.runtime.stop())).await;
+        self.stop_outgoing();
+    }
+
+    /// Ends the OutgoingEmailServers' connection tests still running.
+    pub(crate) fn stop_outgoing(&mut self) {
         for e in self.outgoing.values_mut() {
             e.runtime.stop();
         }
+    }
+
+    /// Takes every IncomingEmailServer's runtime out, for the caller to stop.
+    pub(crate) fn take_all_incoming(&mut self) -> Vec<Retired> {
+        self.incoming
+            .drain()
+            .map(|(_, entry)| Retired {
+                entry: Box::new(entry),
+            })
+            .collect()
     }
 }

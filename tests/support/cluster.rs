@@ -30,6 +30,8 @@ pub struct Replica {
     pub token: String,
     pub log: PathBuf,
     pub submission: u16,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub health: u16,
     child: Option<Child>,
 }
 
@@ -70,6 +72,31 @@ impl Replica {
             assert!(start.elapsed() < timeout, "{} did not exit", self.identity);
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// A GET on the health listener: status code and body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.health)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        let code = response
+            .get(9..12)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (code, body)
     }
 
     /// When this replica logged `what` first, from its log's timestamps.
@@ -159,12 +186,10 @@ impl Cluster {
             .unwrap();
         let log = self.dir.path().join(format!("{identity}.log"));
         let submission = super::free_port();
+        let health = super::free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_mailroom"))
             .arg("controller")
-            .args([
-                "--health-listen",
-                &format!("127.0.0.1:{}", super::free_port()),
-            ])
+            .args(["--health-listen", &format!("127.0.0.1:{health}")])
             .args(["--listen", &format!("127.0.0.1:{submission}")])
             .args(["--lease-namespace", "mailroom", "--identity", identity])
             .args(extra)
@@ -180,6 +205,7 @@ impl Cluster {
             token,
             log,
             submission,
+            health,
             child: Some(child),
         });
         self.replicas.len() - 1
