@@ -427,3 +427,70 @@ fn a_mailbox_whose_server_hangs_holds_up_no_other_resource_nor_metrics() {
     );
     eprintln!("another resource became Ready in {:?}", started.elapsed());
 }
+
+#[test]
+fn a_new_outgoing_server_restarts_no_mailbox_and_its_address_is_a_loop_at_once() {
+    let stack = Stack::start(Default::default()).unwrap();
+    let (cluster, user) = ready_cluster(&stack);
+    let started = cluster.log().matches("worker started").count();
+    let sender = stack
+        .add_user("replies@mailroom.test", "r3plies-pass")
+        .unwrap();
+    cluster.apply(&format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: replies, namespace: {NS}}}
+stringData: {{password: {password}}}
+---
+apiVersion: mailroom.dev/v1alpha1
+kind: OutgoingEmailServer
+metadata: {{name: replies, namespace: {NS}}}
+spec:
+  email: {email}
+  provider: Other
+  server: 127.0.0.1
+  port: {port}
+  securityType: TLS
+  primary: true
+  authentication: {{passwordSecretRef: {{name: replies, key: password}}}}
+  tls: {{caSecretRef: {{name: ca, key: ca.crt}}}}
+"#,
+        password = sender.password,
+        email = sender.address,
+        port = stack.ports().submission,
+    ));
+    let out = cluster.kubectl(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "oes/replies",
+            "-n",
+            NS,
+            "--timeout=30s",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_secs(1));
+
+    stack
+        .deliver(
+            &user.address,
+            &["From: Helpdesk <replies@mailroom.test>\r\nTo: support@mailroom.test\r\nSubject: Re: your ticket\r\nMessage-ID: <own@mailroom.test>\r\n\r\nOur own reply.\r\n"],
+        )
+        .unwrap();
+    cluster.wait_for("the loop verdict", Duration::from_secs(20), |c| {
+        c.log()
+            .contains("mail from our own outgoing address replies@mailroom.test")
+    });
+    assert_eq!(cluster.ticket_count(), 0);
+    assert_eq!(
+        cluster.log().matches("worker started").count(),
+        started,
+        "the mailbox restarted"
+    );
+}

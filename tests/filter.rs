@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use mail_parser::MessageParser;
 use mailroom::api::{FilterType, IncomingFilter};
-use mailroom_core::filter::{Filter, Judge, LoopProtection, MessageFacts, RateLimit, Verdict};
+use mailroom_core::filter::{
+    Filter, Judge, LoopProtection, MessageFacts, OwnAddresses, RateLimit, Verdict,
+};
 use proptest::prelude::*;
 
 fn facts(raw: &str) -> MessageFacts {
@@ -39,7 +41,10 @@ fn filter(
 fn judge(f: Option<&IncomingFilter>, m: &MessageFacts) -> Verdict {
     Judge {
         filter: f.map(|f| Filter::compile(f.type_, &f.emails, &f.domains, &f.keywords)),
-        loops: LoopProtection::new(&["helpdesk@mailroom.test".into()], RateLimit::default()),
+        loops: LoopProtection::new(
+            OwnAddresses::new(&["helpdesk@mailroom.test".into()]),
+            RateLimit::default(),
+        ),
     }
     .judge(m, Instant::now())
 }
@@ -281,6 +286,22 @@ fn loop_protection_one_test_per_rule() {
 }
 
 #[test]
+fn own_addresses_change_under_a_running_judge() {
+    let own = OwnAddresses::default();
+    let mut judge = Judge {
+        filter: None,
+        loops: LoopProtection::new(own.clone(), RateLimit::default()),
+    };
+    let m = mail("notifier@mailroom.test", "x", "");
+    assert!(judge.judge(&m, Instant::now()).accepted);
+    // An OutgoingEmailServer with this address appears: the same judge sees it.
+    own.set(&["Notifier@MailRoom.test".into()]);
+    assert_eq!(judge.judge(&m, Instant::now()).rule, "loop:ownAddress");
+    own.set(&[]);
+    assert!(judge.judge(&m, Instant::now()).accepted);
+}
+
+#[test]
 fn auto_submitted_no_and_auto_response_suppress_alone_still_become_tickets() {
     let m = facts("From: a@b.example\r\nAuto-Submitted: no\r\nSubject: x\r\n\r\ny\r\n");
     assert!(judge(None, &m).accepted);
@@ -298,7 +319,7 @@ fn the_rate_limit_stops_a_loop_that_slips_through() {
     let mut j = Judge {
         filter: None,
         loops: LoopProtection::new(
-            &[],
+            OwnAddresses::default(),
             RateLimit {
                 max: 3,
                 window: Duration::from_secs(60),

@@ -61,7 +61,7 @@ async fn a_refusing_sink_shows_as_sink_unavailable_until_it_takes_the_ticket() {
         secrets: &secrets,
         config_maps: &support::Secrets::default(),
         tokens: &Default::default(),
-        own_addresses: Vec::new(),
+        own_addresses: Default::default(),
         outbox: Arc::new(Outbox::new()),
         default_sink: None,
         store: Arc::new(FileCursorStore::new(out.path())),

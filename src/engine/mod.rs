@@ -244,20 +244,15 @@ impl Engine {
         }
     }
 
-    fn incoming_digest(
-        &self,
-        d: &Desired<'_, IncomingEmailServerSpec>,
-        own: &[String],
-    ) -> [u8; 32] {
-        let mut extra: Vec<&str> = own.iter().map(String::as_str).collect();
-        extra.push(d.retest);
+    /// Own addresses are not part of it: they change in the running worker.
+    fn incoming_digest(&self, d: &Desired<'_, IncomingEmailServerSpec>) -> [u8; 32] {
         digest(
             d.spec,
             &d.id.namespace,
             d.secrets,
             d.config_maps,
             &self.env.tokens,
-            &extra,
+            &[d.retest],
         )
     }
 
@@ -268,8 +263,11 @@ impl Engine {
         d: &Desired<'_, IncomingEmailServerSpec>,
         own: &[String],
     ) -> Plan {
-        let digest = self.incoming_digest(d, own);
+        let digest = self.incoming_digest(d);
         if kept(&mut self.incoming, d.id, digest, d.generation) {
+            if let Some(e) = self.incoming.get(d.id) {
+                e.runtime.set_own_addresses(own);
+            }
             return Plan::Keep;
         }
         Plan::Start(self.take_incoming(d.id))
@@ -309,7 +307,7 @@ impl Engine {
         });
         // Taken again now that the runtime's OAuth2 grants are known, so that
         // their own refresh-token write-backs leave it unchanged.
-        let digest = self.incoming_digest(&d, own);
+        let digest = self.incoming_digest(&d);
         self.incoming.insert(
             id.clone(),
             Entry {

@@ -107,11 +107,11 @@ async fn unchanged_is_kept_and_a_changed_secret_restarts_with_conditions_carried
             .0,
         at(0)
     );
-    // A new own address is part of the configuration too.
+    // A new own address goes to the running worker: nothing restarts.
     let own = vec!["out@example.com".to_owned()];
     assert_eq!(
         apply(&mut e, &disabled, &secrets("b"), &own).await,
-        Applied::Restarted
+        Applied::Kept
     );
     assert!(e.remove_incoming(&id).await);
     assert!(e.incoming_status(&id, at(120)).is_none());

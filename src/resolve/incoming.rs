@@ -149,7 +149,7 @@ pub fn incoming_settings(
             max: at_least_one(spec.loop_protection.max_tickets_per_sender),
             window: spec.loop_protection.window.into(),
         },
-        own_addresses: Vec::new(),
+        own_addresses: Default::default(),
     })
 }
 

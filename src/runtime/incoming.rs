@@ -11,6 +11,7 @@ use crate::api::{EffectiveSettings, IncomingEmailServerSpec, IncomingEmailServer
 use crate::resolve::{self, ResolvedIncoming, SecretSource, Sources};
 use crate::status::{self, Health};
 use mailroom_core::config::Credentials;
+use mailroom_core::filter::OwnAddresses;
 use mailroom_core::incoming::worker::{
     Counted, Observer, Scanning, Worker, WorkerEvent, WorkerHandle, WorkerOptions, WorkerStats,
 };
@@ -54,6 +55,8 @@ pub struct IncomingRuntime {
     /// For the OAuth2 part of status.
     credentials: Option<Credentials>,
     dry_run: bool,
+    /// Shared with the worker's loop protection.
+    own_addresses: OwnAddresses,
 }
 
 impl IncomingRuntime {
@@ -70,6 +73,7 @@ impl IncomingRuntime {
             effective: None,
             credentials: None,
             dry_run: i.spec.mode == Mode::DryRun,
+            own_addresses: OwnAddresses::new(&i.own_addresses),
         };
         let sources = Sources {
             namespace: &i.id.namespace,
@@ -89,7 +93,7 @@ impl IncomingRuntime {
                 return runtime;
             }
         };
-        settings.own_addresses = i.own_addresses;
+        settings.own_addresses = runtime.own_addresses.clone();
         runtime.credentials = Some(settings.server.credentials.clone());
         runtime.effective = Some(EffectiveSettings {
             server: settings.server.endpoint.host.clone(),
@@ -134,6 +138,12 @@ impl IncomingRuntime {
     /// The OAuth2 grant's token times, when the server signs in with OAuth2.
     pub(crate) fn oauth2(&self) -> Option<mailroom_core::oauth2::TokenInfo> {
         self.credentials.as_ref()?.token_info()
+    }
+
+    /// The namespace's own addresses changed: the running worker takes them
+    /// at its next message.
+    pub(crate) fn set_own_addresses(&self, own: &[String]) {
+        self.own_addresses.set(own);
     }
 
     /// The worker's counters, once it was started.

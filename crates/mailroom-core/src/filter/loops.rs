@@ -2,7 +2,10 @@
 //! limit stops a loop that slips through the header checks.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+
+use crate::sync::{read_unpoisoned, write_unpoisoned};
 
 use super::{MessageFacts, Verdict, normalize};
 
@@ -62,15 +65,39 @@ impl SlidingLimit {
 
 #[derive(Debug, Default)]
 pub struct LoopProtection {
-    own: HashSet<String>,
+    own: OwnAddresses,
     limit: SlidingLimit,
+}
+
+/// The From addresses of our own outgoing servers, shared with a running
+/// worker: an OutgoingEmailServer added or removed changes them in place,
+/// without restarting the mailboxes of its namespace.
+#[derive(Clone, Debug, Default)]
+pub struct OwnAddresses(Arc<RwLock<HashSet<String>>>);
+
+impl OwnAddresses {
+    pub fn new(own: &[String]) -> Self {
+        let shared = Self::default();
+        shared.set(own);
+        shared
+    }
+
+    /// Replaces the addresses; every worker holding this handle sees them at
+    /// its next message.
+    pub fn set(&self, own: &[String]) {
+        *write_unpoisoned(&self.0) = own.iter().map(|a| normalize::address(a)).collect();
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        read_unpoisoned(&self.0).contains(key)
+    }
 }
 
 impl LoopProtection {
     /// `own` are the From addresses of our outgoing servers.
-    pub fn new(own: &[String], limit: RateLimit) -> Self {
+    pub fn new(own: OwnAddresses, limit: RateLimit) -> Self {
         Self {
-            own: own.iter().map(|a| normalize::address(a)).collect(),
+            own,
             limit: SlidingLimit::new(limit),
         }
     }

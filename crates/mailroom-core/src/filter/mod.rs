@@ -18,7 +18,7 @@ use aho_corasick::{AhoCorasick, MatchKind};
 
 use crate::vocab::FilterType;
 pub use facts::{MessageFacts, SenderProblem};
-pub use loops::{LoopProtection, RateLimit, SlidingLimit};
+pub use loops::{LoopProtection, OwnAddresses, RateLimit, SlidingLimit};
 pub use record::{RejectionLog, RejectionRecord};
 
 /// The outcome of judging a message or a recipient.

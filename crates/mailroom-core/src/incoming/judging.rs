@@ -40,7 +40,7 @@ impl Judging {
         Self {
             judge: Judge {
                 filter: settings.filter.clone(),
-                loops: LoopProtection::new(&settings.own_addresses, settings.rate_limit),
+                loops: LoopProtection::new(settings.own_addresses.clone(), settings.rate_limit),
             },
             ticket: settings.ticket.clone(),
             dry_run: settings.mode == Mode::DryRun,

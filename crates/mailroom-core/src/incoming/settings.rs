@@ -7,7 +7,7 @@ use std::time::Duration;
 use regex::Regex;
 
 use crate::config::ServerSettings;
-use crate::filter::{Filter, RateLimit};
+use crate::filter::{Filter, OwnAddresses, RateLimit};
 use crate::vocab::{AfterProcessing, IncomingProtocol, Mode};
 
 /// Default pattern of a ticket reference in a subject: `[#1234]`.
@@ -41,6 +41,7 @@ pub struct IncomingSettings {
     pub filter: Option<Filter>,
     pub rate_limit: RateLimit,
     /// From addresses of our own outgoing servers: mail from them is a loop.
-    /// The adapters fill it from the namespace's OutgoingEmailServers.
-    pub own_addresses: Vec<String>,
+    /// The adapters fill it from the namespace's OutgoingEmailServers, and
+    /// update it in place.
+    pub own_addresses: OwnAddresses,
 }
