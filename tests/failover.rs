@@ -231,3 +231,88 @@ spec:
     assert!(subjects.contains(&"via-pod-a".to_owned()), "{subjects:?}");
     assert!(subjects.contains(&"via-pod-b".to_owned()), "{subjects:?}");
 }
+
+#[test]
+fn killing_the_leader_again_and_again_never_puts_two_sessions_on_one_mailbox() {
+    let seed = std::env::var("MAILROOM_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("seed {seed} (MAILROOM_TEST_SEED={seed} repeats this run)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let stack = Stack::start(Default::default()).unwrap();
+    let (mut cluster, user) = with_mailbox(&stack, chart_rbac());
+    cluster.start_controller("pod-0", FAST);
+    cluster.wait_ready();
+    cluster.start_controller("pod-1", FAST);
+
+    let delivering = AtomicBool::new(true);
+    let sent = AtomicUsize::new(0);
+    let most = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while delivering.load(Ordering::Relaxed) {
+                let n = sent.load(Ordering::Relaxed);
+                stack
+                    .deliver(&user.address, &[mail(&format!("k{n}"))])
+                    .unwrap();
+                sent.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        // Dovecot's own count of the mailbox's IMAP sessions, all along.
+        scope.spawn(|| {
+            while delivering.load(Ordering::Relaxed) {
+                let imap = stack
+                    .sessions(&user.address)
+                    .unwrap()
+                    .iter()
+                    .filter(|(service, _)| service == "imap")
+                    .count();
+                most.fetch_max(imap, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        for round in 0..3 {
+            let leader = cluster
+                .replicas
+                .iter()
+                .rposition(|r| {
+                    r.is_running() && r.log().contains("leading: starting the controllers")
+                })
+                .unwrap_or_else(|| panic!("no leader in round {round}\n{}", cluster.log()));
+            let wait = Duration::from_millis(rng.u64(300..2500));
+            eprintln!(
+                "round {round}: killing {} after {wait:?}",
+                cluster.replicas[leader].identity
+            );
+            std::thread::sleep(wait);
+            cluster.replicas[leader].kill_9();
+            let next = format!("pod-{}", cluster.replicas.len());
+            cluster.start_controller(&next, FAST);
+            // Every earlier leader is dead: a live replica that led is the new one.
+            cluster.wait_for("a new leader", Duration::from_secs(20), |c| {
+                c.replicas.iter().any(|r| {
+                    r.is_running() && r.log().contains("leading: starting the controllers")
+                })
+            });
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        delivering.store(false, Ordering::Relaxed);
+    });
+    let total = sent.load(Ordering::Relaxed);
+    cluster.wait_for("every message a ticket", Duration::from_secs(30), |c| {
+        c.ticket_count() >= total
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        cluster.ticket_count(),
+        total,
+        "a message became two tickets"
+    );
+    assert_eq!(
+        most.load(Ordering::Relaxed),
+        1,
+        "Dovecot saw two IMAP sessions on the mailbox at once (seed {seed})"
+    );
+}

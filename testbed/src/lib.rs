@@ -731,6 +731,25 @@ impl Stack {
             .args(args))
     }
 
+    /// The IMAP and POP3 sessions `user` holds now, as Dovecot counts them
+    /// (`doveadm who`): `(service, pid)` pairs.
+    pub fn sessions(&self, user: &str) -> Result<Vec<(String, String)>, Error> {
+        let out = self.doveadm(&["who", "-1", user])?;
+        Ok(out
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split('\t').collect();
+                match cols.as_slice() {
+                    [name, service, pid, ..] if *name == user => {
+                        Some(((*service).to_owned(), (*pid).to_owned()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect())
+    }
+
     /// The messages of a folder, by UID, with their flags.
     pub fn messages(&self, user: &str, folder: &str) -> Result<Vec<StoredMessage>, Error> {
         // `fetch` answers an unknown folder with nothing at all; `status` fails.

@@ -48,6 +48,10 @@ impl Replica {
         }
     }
 
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// SIGTERM, as Kubernetes stops a pod.
     pub fn terminate(&self) {
         self.signal("-TERM");
