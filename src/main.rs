@@ -11,6 +11,7 @@ use mailroom::controller;
 use mailroom::controller::leader::ElectionConfig;
 use mailroom::controller::run::ControllerOptions;
 use mailroom::standalone::{self, RunOptions, check, table};
+use mailroom::submission::tls::TlsFiles;
 use mailroom::submission::{DEFAULT_BIND, SubmissionTokens};
 use mailroom_core::oauth2::{self, authorize};
 use secrecy::SecretString;
@@ -86,6 +87,17 @@ enum Command {
         /// this audience (a projected token with `audience: mailroom`).
         #[arg(long, value_name = "AUDIENCE", default_value = controller::review::DEFAULT_AUDIENCE)]
         token_audience: String,
+        /// Serve the submission endpoint over TLS with this certificate chain
+        /// (PEM; read again when it changes), with --tls-key.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Serve the submission endpoint over plain HTTP on a non-loopback
+        /// address (tokens cross the network in clear).
+        #[arg(long)]
+        allow_plain_http: bool,
         /// Elect a leader with a Lease, so that replicas can stand by.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         leader_election: bool,
@@ -233,6 +245,9 @@ fn main() -> ExitCode {
             listen,
             token_file,
             token_audience,
+            tls_cert,
+            tls_key,
+            allow_plain_http,
             leader_election,
             lease_namespace,
             lease_name,
@@ -258,6 +273,10 @@ fn main() -> ExitCode {
                     submission_listen: listen,
                     tokens,
                     token_audience,
+                    tls: tls_cert
+                        .zip(tls_key)
+                        .map(|(cert, key)| TlsFiles { cert, key }),
+                    allow_plain_http,
                     election,
                     identity,
                 })

@@ -494,3 +494,91 @@ spec:
         "the mailbox restarted"
     );
 }
+
+/// POSTs to the submission endpoint over TLS, trusting `ca_pem` only; the
+/// status code, or None when the handshake fails.
+fn post_tls(port: u16, ca_pem: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let config = testbed::tls_config(ca_pem).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let body = r#"{"to":["a@example.com"],"subject":"x","text":"y"}"#;
+    write!(
+        tls,
+        "POST /v1/namespaces/apps/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    tls.read_to_string(&mut response).ok()?;
+    response.get(9..12)?.parse().ok()
+}
+
+#[test]
+fn the_submission_endpoint_serves_tls_from_files_renewed_in_place_and_refuses_plain_http_off_loopback()
+ {
+    let mut cluster = Cluster::start(chart_rbac());
+    // Plain HTTP on the pod network is refused unless asked for.
+    cluster.start_controller("plain", &["--listen", "0.0.0.0:0"]);
+    assert_ne!(
+        cluster.replicas[0].wait_exit(Duration::from_secs(20)),
+        Some(0)
+    );
+    assert!(
+        cluster.replicas[0]
+            .log()
+            .contains("over plain HTTP on 0.0.0.0:0"),
+        "{}",
+        cluster.log()
+    );
+
+    let dir = cluster.dir.path().to_owned();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let first = testbed::test_certificates().unwrap();
+    std::fs::write(&cert, &first.server_pem).unwrap();
+    std::fs::write(&key, &first.server_key_pem).unwrap();
+    let i = cluster.start_controller(
+        "tls",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let port = cluster.replicas[i].submission;
+    cluster.wait_for("the TLS endpoint", Duration::from_secs(20), |_| {
+        post_tls(port, &first.ca_pem).is_some()
+    });
+    // Over TLS, a request without a token is answered (401), not dropped.
+    assert_eq!(post_tls(port, &first.ca_pem), Some(401));
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer);
+        assert!(
+            !answer.starts_with(b"HTTP/"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+
+    // cert-manager renews the Secret: the files change, the endpoint follows.
+    let renewed = testbed::test_certificates().unwrap();
+    std::fs::write(&cert, &renewed.server_pem).unwrap();
+    std::fs::write(&key, &renewed.server_key_pem).unwrap();
+    cluster.wait_for("the renewed certificate", Duration::from_secs(20), |_| {
+        post_tls(port, &renewed.ca_pem) == Some(401)
+    });
+    assert_eq!(
+        post_tls(port, &first.ca_pem),
+        None,
+        "the old certificate is still served"
+    );
+}

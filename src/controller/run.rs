@@ -25,6 +25,7 @@ use super::{
     servers_referencing, trigger_hash,
 };
 use crate::api::{IncomingEmailServer, OutgoingEmailServer};
+use crate::submission::tls::{TlsFiles, TlsListener};
 use crate::submission::{self, SubmissionTokens};
 use mailroom_core::incoming::worker::{Fence, WorkerOptions};
 use mailroom_core::outgoing::Outbox;
@@ -46,6 +47,10 @@ pub struct ControllerOptions {
     pub tokens: Option<SubmissionTokens>,
     /// The audience ServiceAccount tokens at the submission endpoint must carry.
     pub token_audience: String,
+    /// The submission endpoint's certificate; none: plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Plain HTTP off loopback, knowingly.
+    pub allow_plain_http: bool,
     /// Leader election; none: this replica always leads.
     pub election: Option<ElectionConfig>,
     /// Named in events.
@@ -121,6 +126,12 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
     if let Some(election) = &opts.election {
         election.check().map_err(RunError::Startup)?;
     }
+    if opts.tls.is_none() && !opts.allow_plain_http && !opts.submission_listen.ip().is_loopback() {
+        return Err(RunError::Startup(format!(
+            "the submission endpoint would take bearer tokens over plain HTTP on {}: give --tls-cert and --tls-key (e.g. a cert-manager Secret), listen on loopback, or say --allow-plain-http",
+            opts.submission_listen
+        )));
+    }
     if opts.namespaces.is_empty() {
         check_startup(&client, None)
             .await
@@ -160,16 +171,21 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
         },
     );
     let submission_task = {
-        let listener = listen(opts.submission_listen).await?;
+        let tcp = listen(opts.submission_listen).await?;
         let auth = ServiceAccounts::new(opts.tokens.clone(), client.clone(), &opts.token_audience);
+        let router = submission::router(outbox.clone(), Arc::new(auth));
         let mut stop = stop_rx.clone();
-        tokio::spawn(submission::serve(
-            listener,
-            submission::router(outbox.clone(), Arc::new(auth)),
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-        ))
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        match &opts.tls {
+            Some(files) => {
+                let tls = TlsListener::start(tcp, files.clone())
+                    .map_err(|e| RunError::Startup(e.to_string()))?;
+                tokio::spawn(submission::serve(tls, router, stopped))
+            }
+            None => tokio::spawn(submission::serve(tcp, router, stopped)),
+        }
     };
     let shared = Shared {
         client: client.clone(),

@@ -12,6 +12,7 @@
 //! ServiceAccount token is reviewed by the API server (`auth`).
 
 pub(crate) mod auth;
+pub mod tls;
 pub(crate) mod tokens;
 
 use std::sync::Arc;
@@ -151,12 +152,17 @@ fn status_of(report: &SendReport) -> StatusCode {
     }
 }
 
-/// Serves the endpoint on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+/// Serves the endpoint on `listener` (plain TCP, or `tls::TlsListener`)
+/// until `shutdown` completes.
+pub async fn serve<L>(
+    listener: L,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

@@ -33,6 +33,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use client::{LineClient, tls_config};
+pub use tls::{TestCerts, generate as test_certificates};
 
 /// The mail domain every test user lives in.
 pub const DOMAIN: &str = "mailroom.test";

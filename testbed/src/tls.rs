@@ -9,13 +9,15 @@ use rcgen::{
 
 use crate::Error;
 
-pub(crate) struct TestCerts {
+/// A private CA and a server certificate it signs (localhost, 127.0.0.1, ::1).
+pub struct TestCerts {
     pub ca_pem: String,
     pub server_pem: String,
     pub server_key_pem: String,
 }
 
-pub(crate) fn generate() -> Result<TestCerts, Error> {
+/// New certificates, for servers the tests start themselves.
+pub fn generate() -> Result<TestCerts, Error> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.distinguished_name
         .push(DnType::CommonName, "mailroom testbed CA");

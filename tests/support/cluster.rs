@@ -194,7 +194,11 @@ impl Cluster {
         let child = Command::new(env!("CARGO_BIN_EXE_mailroom"))
             .arg("controller")
             .args(["--health-listen", &format!("127.0.0.1:{health}")])
-            .args(["--listen", &format!("127.0.0.1:{submission}")])
+            .args(if extra.contains(&"--listen") {
+                Vec::new()
+            } else {
+                vec!["--listen".to_owned(), format!("127.0.0.1:{submission}")]
+            })
             .args(["--lease-namespace", "mailroom", "--identity", identity])
             .args(extra)
             .env("KUBECONFIG", &kubeconfig)
