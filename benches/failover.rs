@@ -63,7 +63,11 @@ fn measure(count: usize) {
         &["apply", "--server-side", "-f", "-"],
         Some(&manifests(&stack, &users)),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sink = cluster.tickets();
     let extra = ["--default-sink-dir", sink.to_str().unwrap()];
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 use mailroom::api::validation::{ManifestValidator, ValidationError};
 use serde_json::{Value, json};
 use support::cluster::{
-    Cluster, IES, NS, chart_rbac, condition, incoming_yaml, mail, root, secrets_yaml, with_mailbox,
+    Cluster, IES, NS, chart_rbac, condition, incoming_yaml, mail, outgoing_yaml, root,
+    secrets_yaml, with_mailbox,
 };
 use testbed::Stack;
 use testbed::kube::Logged;
@@ -436,29 +437,7 @@ fn a_new_outgoing_server_restarts_no_mailbox_and_its_address_is_a_loop_at_once()
     let sender = stack
         .add_user("replies@mailroom.test", "r3plies-pass")
         .unwrap();
-    cluster.apply(&format!(
-        r#"apiVersion: v1
-kind: Secret
-metadata: {{name: replies, namespace: {NS}}}
-stringData: {{password: {password}}}
----
-apiVersion: mailroom.dev/v1alpha1
-kind: OutgoingEmailServer
-metadata: {{name: replies, namespace: {NS}}}
-spec:
-  email: {email}
-  provider: Other
-  server: 127.0.0.1
-  port: {port}
-  securityType: TLS
-  primary: true
-  authentication: {{passwordSecretRef: {{name: replies, key: password}}}}
-  tls: {{caSecretRef: {{name: ca, key: ca.crt}}}}
-"#,
-        password = sender.password,
-        email = sender.address,
-        port = stack.ports().submission,
-    ));
+    cluster.apply(&outgoing_yaml(&stack, "replies", NS, &sender));
     let out = cluster.kubectl(
         &[
             "wait",

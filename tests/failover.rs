@@ -8,7 +8,7 @@ mod support;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::cluster::{chart_rbac, mail, with_mailbox};
+use support::cluster::{chart_rbac, mail, outgoing_yaml, with_mailbox};
 use testbed::Stack;
 
 /// Short Lease timings, so that a failover test takes seconds.
@@ -108,16 +108,7 @@ fn a_partitioned_leader_aborts_its_workers_before_the_standby_takes_over() {
         fenced < took_over,
         "pod-a aborted at {fenced}, after pod-b led at {took_over}"
     );
-    let total = sent.load(Ordering::Relaxed);
-    cluster.wait_for("every message a ticket", Duration::from_secs(30), |c| {
-        c.ticket_count() >= total
-    });
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(
-        cluster.ticket_count(),
-        total,
-        "a message became two tickets"
-    );
+    cluster.assert_each_message_one_ticket(sent.load(Ordering::Relaxed));
     // Healed, the old leader stands by.
     cluster.wait_for("pod-a to stand by again", Duration::from_secs(10), |c| {
         c.replicas[0].log().matches("standing by").count() >= 1
@@ -152,33 +143,9 @@ fn every_replica_sends_for_tokens_of_our_audience_only() {
         .unwrap();
     // An application team's sender in a namespace of its own.
     cluster.apply(&format!(
-        r#"apiVersion: v1
-kind: Namespace
-metadata: {{name: apps}}
----
-{ca}---
-apiVersion: v1
-kind: Secret
-metadata: {{name: sender, namespace: apps}}
-stringData: {{password: {password}}}
----
-apiVersion: mailroom.dev/v1alpha1
-kind: OutgoingEmailServer
-metadata: {{name: notifier, namespace: apps}}
-spec:
-  email: {email}
-  provider: Other
-  server: 127.0.0.1
-  port: {port}
-  securityType: TLS
-  primary: true
-  authentication: {{passwordSecretRef: {{name: sender, key: password}}}}
-  tls: {{caSecretRef: {{name: ca, key: ca.crt}}}}
-"#,
-        ca = stack.ca_secret_yaml("ca", "apps"),
-        password = sender.password,
-        email = sender.address,
-        port = stack.ports().submission,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: apps}}\n---\n{}---\n{}",
+        stack.ca_secret_yaml("ca", "apps"),
+        outgoing_yaml(&stack, "notifier", "apps", &sender)
     ));
     cluster.start_controller("pod-a", &[]);
     cluster.wait_ready();
@@ -300,16 +267,7 @@ fn killing_the_leader_again_and_again_never_puts_two_sessions_on_one_mailbox() {
         std::thread::sleep(Duration::from_secs(1));
         delivering.store(false, Ordering::Relaxed);
     });
-    let total = sent.load(Ordering::Relaxed);
-    cluster.wait_for("every message a ticket", Duration::from_secs(30), |c| {
-        c.ticket_count() >= total
-    });
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(
-        cluster.ticket_count(),
-        total,
-        "a message became two tickets"
-    );
+    cluster.assert_each_message_one_ticket(sent.load(Ordering::Relaxed));
     assert_eq!(
         most.load(Ordering::Relaxed),
         1,

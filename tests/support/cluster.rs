@@ -334,3 +334,43 @@ pub fn with_mailbox(stack: &Stack, rbac: Vec<Value>) -> (Cluster, testbed::User)
     cluster.apply(&incoming_yaml(stack, &user.address, &cluster.tickets()));
     (cluster, user)
 }
+
+/// A Secret with `sender`'s password and a primary OutgoingEmailServer
+/// `name` sending as `sender` through the stack's submission port, in
+/// `namespace` (whose Secret `ca` holds the stack's CA).
+pub fn outgoing_yaml(stack: &Stack, name: &str, namespace: &str, sender: &testbed::User) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: {name}, namespace: {namespace}}}
+stringData: {{password: {password}}}
+---
+apiVersion: mailroom.dev/v1alpha1
+kind: OutgoingEmailServer
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  email: {email}
+  provider: Other
+  server: 127.0.0.1
+  port: {port}
+  securityType: TLS
+  primary: true
+  authentication: {{passwordSecretRef: {{name: {name}, key: password}}}}
+  tls: {{caSecretRef: {{name: ca, key: ca.crt}}}}
+"#,
+        password = sender.password,
+        email = sender.address,
+        port = stack.ports().submission,
+    )
+}
+
+impl Cluster {
+    /// Waits until `sent` messages are tickets, then checks none is two.
+    pub fn assert_each_message_one_ticket(&self, sent: usize) {
+        self.wait_for("every message a ticket", Duration::from_secs(30), |c| {
+            c.ticket_count() >= sent
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(self.ticket_count(), sent, "a message became two tickets");
+    }
+}
