@@ -227,14 +227,21 @@ impl Elector {
     pub async fn acquire(&mut self, stop: &mut watch::Receiver<bool>) -> Option<()> {
         let mut waiting_for = String::new();
         loop {
-            match self.try_acquire_or_renew().await {
-                Ok(Outcome::Held) => return Some(()),
-                Ok(Outcome::Other(holder)) if holder != waiting_for => {
+            // An API server that does not answer must not stall the election.
+            let attempt =
+                tokio::time::timeout(self.config.renew_deadline, self.try_acquire_or_renew());
+            match attempt.await {
+                Ok(Ok(Outcome::Held)) => return Some(()),
+                Ok(Ok(Outcome::Other(holder))) if holder != waiting_for => {
                     tracing::info!(holder = %holder, "the Lease is held by another replica; standing by");
                     waiting_for = holder;
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!("cannot reach the leader Lease: {e}"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("cannot reach the leader Lease: {e}"),
+                Err(_) => tracing::warn!(
+                    "the API server did not answer about the leader Lease within {:?}; trying again",
+                    self.config.renew_deadline
+                ),
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.config.retry_period) => {}

@@ -63,6 +63,8 @@ pub enum RunError {
     Client(kube::Error),
     #[error("{0}")]
     Startup(String),
+    #[error("the leader election task failed ({0}); exiting rather than leading without it")]
+    Election(String),
     #[error("cannot listen on {addr}: {message}")]
     Listen { addr: SocketAddr, message: String },
 }
@@ -243,7 +245,8 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
             let _ = release_tx.send(true);
         }
         if let Some(task) = holding {
-            elector = task.await.ok();
+            // Never lead on without an election: a failed election task ends the process.
+            elector = Some(task.await.map_err(|e| RunError::Election(e.to_string()))?);
         }
         if stopping || opts.election.is_none() {
             let _ = submission_task.await;
