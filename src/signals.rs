@@ -12,10 +12,11 @@ pub(crate) fn terminated() -> impl Future<Output = ()> + Send + 'static {
     let term = signal(SignalKind::terminate());
     let interrupt = signal(SignalKind::interrupt());
     async move {
-        tokio::select! {
-            _ = arrival(term) => {}
-            _ = arrival(interrupt) => {}
-        }
+        let which = tokio::select! {
+            _ = arrival(term) => "SIGTERM",
+            _ = arrival(interrupt) => "SIGINT",
+        };
+        tracing::info!("{which} received: stopping");
     }
 }
 

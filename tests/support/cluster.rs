@@ -52,6 +52,26 @@ impl Replica {
         self.child.is_some()
     }
 
+    /// "running", "exited: …", or "stopped by the test".
+    fn state(&self) -> String {
+        match &self.child {
+            None => "stopped by the test".into(),
+            Some(c) => {
+                let mut probe = Command::new("ps");
+                probe.args(["-o", "stat=", "-p", &c.id().to_string()]);
+                match probe.output() {
+                    Ok(o) if o.status.success() => {
+                        format!(
+                            "running, ps state {}",
+                            String::from_utf8_lossy(&o.stdout).trim()
+                        )
+                    }
+                    _ => "exited".into(),
+                }
+            }
+        }
+    }
+
     /// SIGTERM, as Kubernetes stops a pod.
     pub fn terminate(&self) {
         self.signal("-TERM");
@@ -171,11 +191,11 @@ impl Cluster {
         super::json_files::<Value>(&self.tickets()).len()
     }
 
-    /// The first replica's log (the only one in single-replica tests).
+    /// Every replica's log, each under its name and how its process stands.
     pub fn log(&self) -> String {
         self.replicas
             .iter()
-            .map(|r| format!("--- {}\n{}", r.identity, r.log()))
+            .map(|r| format!("--- {} ({})\n{}", r.identity, r.state(), r.log()))
             .collect()
     }
 
