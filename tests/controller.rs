@@ -362,7 +362,13 @@ async fn success_reads_the_secret_writes_ready_by_apply_and_then_nothing() {
     reconcile_incoming(Arc::new(obj.clone()), h.ctx.clone())
         .await
         .unwrap();
-    let third = h.api.take();
+    // The running worker may save its cursor meanwhile: that write is not the reconcile's.
+    let third: Vec<_> = h
+        .api
+        .take()
+        .into_iter()
+        .filter(|s| !s.path.contains("/configmaps/mailroom-cursor-"))
+        .collect();
     assert!(!third.is_empty());
     assert!(
         third.iter().all(|s| s.method == "GET"),

@@ -61,15 +61,46 @@ impl Replica {
                 probe.args(["-o", "stat=", "-p", &c.id().to_string()]);
                 match probe.output() {
                     Ok(o) if o.status.success() => {
+                        // Where each thread waits, and whether it still answers.
+                        let threads: Vec<String> =
+                            std::fs::read_dir(format!("/proc/{}/task", c.id()))
+                                .into_iter()
+                                .flatten()
+                                .flatten()
+                                .map(|t| {
+                                    let read = |f: &str| {
+                                        std::fs::read_to_string(t.path().join(f))
+                                            .unwrap_or_default()
+                                            .trim()
+                                            .to_owned()
+                                    };
+                                    format!("{}:{}", read("comm"), read("wchan"))
+                                })
+                                .collect();
+                        let health = self.answers_health();
                         format!(
-                            "running, ps state {}",
-                            String::from_utf8_lossy(&o.stdout).trim()
+                            "running, ps state {}, /healthz answered: {health}, threads {}",
+                            String::from_utf8_lossy(&o.stdout).trim(),
+                            threads.join(" ")
                         )
                     }
                     _ => "exited".into(),
                 }
             }
         }
+    }
+
+    /// Whether `/healthz` answers within two seconds (the runtime is alive).
+    fn answers_health(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.health)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer.starts_with("HTTP/1.1 200")
     }
 
     /// SIGTERM, as Kubernetes stops a pod.
