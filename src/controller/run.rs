@@ -33,6 +33,8 @@ use mailroom_core::sync::write_unpoisoned;
 
 /// Reconciles running at once, per kind.
 const CONCURRENCY: u16 = 8;
+/// How long the standby controllers may take to stop once this replica leads.
+const STANDBY_STOP: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often workers whose resource is gone are looked for.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -207,7 +209,15 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
             let standby = tokio::spawn(standby(shared.clone(), opts.clone(), standby_rx));
             let led = e.acquire(&mut stop_rx.clone()).await;
             let _ = standby_stop.send(true);
-            let _ = standby.await;
+            // A Controller told to stop before it ever ran may not return; a
+            // standby writes nothing, so ending it the hard way is safe.
+            let handle = standby.abort_handle();
+            if tokio::time::timeout(STANDBY_STOP, standby).await.is_err() {
+                tracing::warn!(
+                    "the standby controllers did not stop within {STANDBY_STOP:?}; ending them"
+                );
+                handle.abort();
+            }
             if led.is_none() {
                 let _ = submission_task.await;
                 return Ok(());

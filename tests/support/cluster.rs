@@ -222,12 +222,30 @@ impl Cluster {
         super::json_files::<Value>(&self.tickets()).len()
     }
 
-    /// Every replica's log, each under its name and how its process stands.
+    /// Every replica's log, each under its name.
     pub fn log(&self) -> String {
         self.replicas
             .iter()
-            .map(|r| format!("--- {} ({})\n{}", r.identity, r.state(), r.log()))
+            .map(|r| format!("--- {}\n{}", r.identity, r.log()))
             .collect()
+    }
+
+    /// For a failure message: every replica's log and how its process stands,
+    /// then the controllers' last requests as the API server saw them.
+    pub fn report(&self) -> String {
+        let mut out: String = self
+            .replicas
+            .iter()
+            .map(|r| format!("--- {} ({})\n{}", r.identity, r.state(), r.log()))
+            .collect();
+        out.push_str("--- last requests of the controllers\n");
+        for r in self.requests_of_controller().iter().rev().take(12).rev() {
+            out.push_str(&format!(
+                "{} {} {}/{} {} -> {}\n",
+                r.verb, r.resource, r.namespace, r.name, r.query, r.code
+            ));
+        }
+        out
     }
 
     /// Starts a replica named `identity` with `extra` arguments.
@@ -281,7 +299,7 @@ impl Cluster {
                 start.elapsed() < timeout,
                 "timed out after {timeout:?} waiting for {what}\nobject: {:#}\ncontroller logs:\n{}",
                 self.object("support").unwrap_or_default(),
-                self.log()
+                self.report()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -327,7 +345,7 @@ impl Cluster {
             "kubectl wait failed: {}\nobject: {:#}\ncontroller logs:\n{}",
             String::from_utf8_lossy(&out.stderr),
             self.object("support").unwrap_or_default(),
-            self.log()
+            self.report()
         );
     }
 }
