@@ -173,11 +173,7 @@ async fn closed_port_is_connection_refused_and_missing_secret_is_named() {
     let user = stack.create_user("conn-closed").unwrap();
     let (mut spec, secrets) =
         incoming_spec(stack, &user, IncomingProtocol::Imap, SecurityType::Ssl);
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = support::free_port();
     spec.port = Some(i32::from(closed));
     let report = test_connection(&resolve(&spec, &secrets)).await;
     assert_eq!(report.reason, Reason::ConnectionRefused, "{report:?}");

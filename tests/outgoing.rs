@@ -104,11 +104,6 @@ async fn wait_inbox(stack: &Stack, user: &str, n: usize) -> Vec<Vec<u8>> {
     }
 }
 
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 #[tokio::test]
 async fn starttls_and_implicit_tls_both_send_and_the_message_comes_back_intact() {
     let stack = Stack::shared();
@@ -316,7 +311,7 @@ async fn an_unreachable_server_fails_over_to_the_primary() {
     let (outbox, primary_user) = outbox_with(stack, "primary", |s| s.primary = true);
     // The primary was inserted as "support-out"; the chosen one is unreachable.
     let chosen_user = stack.create_user("chosen").unwrap();
-    let (mut s, secrets) = spec(stack, &chosen_user, SecurityType::Tls, closed_port());
+    let (mut s, secrets) = spec(stack, &chosen_user, SecurityType::Tls, support::free_port());
     s.reply_to = Some("sales@mailroom.test".into());
     outbox.insert(server("sales-out", settings(&s, &secrets)));
 

@@ -161,11 +161,7 @@ async fn refused_or_unreachable_proxies_are_proxy_failed_with_their_answer() {
         report.message
     );
 
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = support::free_port();
     let report = incoming_test(
         stack,
         IncomingProtocol::Imap,

@@ -76,6 +76,39 @@ pub enum Error {
     },
 }
 
+/// A port free on 127.0.0.1 right now, for a server a test starts later.
+/// Taken below the kernel's ephemeral range (32768–60999 by default): a port
+/// from that range can become, between this check and the server's bind, the
+/// source port of an outgoing connection (tests open thousands), and the
+/// server then fails to start.
+pub fn free_port() -> Result<u16, Error> {
+    free_port_on(&[Ipv4Addr::LOCALHOST])
+}
+
+fn free_port_on(hosts: &[Ipv4Addr]) -> Result<u16, Error> {
+    const FIRST: u16 = 20000;
+    const SPAN: u16 = 12000;
+    // Callers of one process take turns through the span, so no two get the
+    // same port; another process starts elsewhere in it.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id() % u32::from(SPAN),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = FIRST + (NEXT.fetch_add(1, Ordering::SeqCst) % u32::from(SPAN)) as u16;
+        if hosts.iter().all(|h| TcpListener::bind((*h, port)).is_ok()) {
+            return Ok(port);
+        }
+    }
+    Err(Error::Setup(format!(
+        "no port free on {hosts:?} in {FIRST}–{}",
+        FIRST + SPAN - 1
+    )))
+}
+
 /// Ports of one stack. IMAP, POP3 and submission serve STARTTLS on 127.0.0.1 and
 /// no TLS at all on [`CLEARTEXT_HOST`], on the same port number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,21 +135,9 @@ impl Ports {
         }
     }
 
-    /// Ports the kernel reports free on both loopback addresses right now.
+    /// Ports free on both loopback addresses right now (see [`free_port`]).
     pub fn free() -> Result<Self, Error> {
-        let mut held = Vec::new();
-        let mut next = || -> Result<u16, Error> {
-            loop {
-                let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-                let port = l.local_addr()?.port();
-                // The STARTTLS ports are bound on 127.0.0.2 as well.
-                if let Ok(other) = TcpListener::bind((CLEARTEXT_HOST, port)) {
-                    held.push(l);
-                    held.push(other);
-                    return Ok(port);
-                }
-            }
-        };
+        let next = || free_port_on(&[Ipv4Addr::LOCALHOST, CLEARTEXT_HOST]);
         Ok(Self {
             imap: next()?,
             imaps: next()?,

@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -35,12 +35,6 @@ pub struct Proxy {
 // The guard leads the proxy's process group; when the pipe closes it kills
 // the whole group, the proxy's forked children (and their tunnels) included.
 const GUARD: &str = r#""$@" & read _; kill -KILL 0"#;
-
-fn free_port() -> Result<u16, Error> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
-}
 
 /// Creates the SOCKS system account with `password` (idempotent).
 fn ensure_socks_user(password: &str) -> Result<(), Error> {
@@ -107,7 +101,7 @@ impl Proxy {
         )?;
         let mut proxy = Self {
             kind,
-            port: free_port()?,
+            port: crate::free_port()?,
             dir,
             guard: None,
             credentials,

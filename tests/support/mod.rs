@@ -22,11 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A loopback port nothing listens on now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    testbed::free_port().unwrap()
 }
 
 /// Every `*.json` file of a folder (e.g. the directory sink's tickets),
