@@ -104,9 +104,14 @@ enum Command {
         /// Namespace of the leader Lease.
         #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
         lease_namespace: String,
-        /// Name of the leader Lease: one per release (the chart uses its fullname).
-        #[arg(long, default_value = "mailroom-leader")]
-        lease_name: String,
+        /// Name of the leader Lease: one per release and shard (the chart uses
+        /// its fullname). Default: mailroom-leader, or mailroom-leader-SHARD.
+        #[arg(long)]
+        lease_name: Option<String>,
+        /// Handle only resources labelled mailroom.dev/shard=NAME (default:
+        /// only resources without that label).
+        #[arg(long, value_name = "NAME")]
+        shard: Option<String>,
         /// Seconds a Lease that stopped changing stays held.
         #[arg(long, value_name = "SECONDS", default_value_t = 15)]
         lease_duration: u64,
@@ -120,6 +125,13 @@ enum Command {
         /// This replica's name in the Lease.
         #[arg(long, env = "POD_NAME")]
         identity: Option<String>,
+        /// Seconds after which every resource is reconciled again without a
+        /// change (less up to a tenth, spreading them out).
+        #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+        resync: u64,
+        /// Seconds between status writes that change only counters.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        status_counters_every: u64,
     },
     /// Print the status of a folder run by `mailroom run`, like `kubectl get`.
     Status {
@@ -255,7 +267,15 @@ fn main() -> ExitCode {
             renew_deadline,
             retry_period,
             identity,
+            resync,
+            status_counters_every,
+            shard,
         } => tokens(token_file.as_deref()).and_then(|tokens| {
+            let shard_of = controller::shard::Shard::new(shard.clone())?;
+            let lease_name = lease_name.unwrap_or_else(|| match &shard {
+                Some(s) => format!("mailroom-leader-{s}"),
+                None => "mailroom-leader".to_owned(),
+            });
             let identity = identity.unwrap_or_else(|| {
                 format!("mailroom-{}-{:08x}", std::process::id(), fastrand::u32(..))
             });
@@ -279,6 +299,11 @@ fn main() -> ExitCode {
                     allow_plain_http,
                     election,
                     identity,
+                    timing: controller::Timing {
+                        resync: Duration::from_secs(resync),
+                        stats_every: Duration::from_secs(status_counters_every),
+                    },
+                    shard: shard_of,
                 })
                 .await
                 .map_err(|e| e.to_string())

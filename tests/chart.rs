@@ -37,6 +37,7 @@ fn run(cmd: &mut Command) -> String {
 
 const ALL_ON: &str = r#"
 replicaCount: 2
+shards: [a]
 watchNamespaces: [helpdesk, hr]
 submission:
   tokensSecret: mailroom-tokens
@@ -234,6 +235,65 @@ fn the_deployment_is_locked_down_and_runs_the_controller() {
         );
     }
     assert_eq!(d["spec"]["replicas"], 2);
+}
+
+#[test]
+fn each_shard_gets_a_deployment_of_its_own_with_its_own_lease() {
+    let docs = template(&["--set", "shards={a,eu-1}"]);
+    let deployments: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Deployment").collect();
+    let summary: Vec<(String, String, Vec<String>)> = deployments
+        .iter()
+        .map(|d| {
+            let args = d["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_owned())
+                .filter(|a| a.starts_with("--shard") || a.starts_with("--lease-name"))
+                .collect();
+            let selector = d["spec"]["selector"]["matchLabels"]["mailroom.dev/deployment"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            (
+                d["metadata"]["name"].as_str().unwrap().to_owned(),
+                selector,
+                args,
+            )
+        })
+        .collect();
+    let expected = |name: &str, args: &[&str]| {
+        (
+            name.to_owned(),
+            name.to_owned(),
+            args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(
+        summary,
+        [
+            expected("mailroom", &["--lease-name=mailroom"]),
+            expected("mailroom-a", &["--shard=a", "--lease-name=mailroom-a"]),
+            expected(
+                "mailroom-eu-1",
+                &["--shard=eu-1", "--lease-name=mailroom-eu-1"]
+            ),
+        ],
+        "one Deployment per shard, none selecting another's pods, one Lease each"
+    );
+    for d in &deployments {
+        let pod_labels = &d["spec"]["template"]["metadata"]["labels"];
+        for (k, v) in d["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+            assert_eq!(&pod_labels[k], v, "{}", d["metadata"]["name"]);
+        }
+    }
+    // The Service reaches every shard's pods: each sends for every server.
+    let service = docs.iter().find(|d| d["kind"] == "Service").unwrap();
+    assert!(
+        service["spec"]["selector"]
+            .get("mailroom.dev/deployment")
+            .is_none()
+    );
 }
 
 #[derive(Deserialize)]

@@ -296,7 +296,7 @@ fn a_resource_gone_without_its_cleanup_loses_its_worker_within_one_sweep() {
 
     cluster.wait_for("the sweep", Duration::from_secs(15), |c| {
         c.log()
-            .contains("stopped: the resource is gone from the cluster")
+            .contains("stopped: the resource is gone from this controller's watch")
     });
     assert!(
         !cluster.log().contains("fetch worker stopped"),
@@ -560,4 +560,96 @@ fn the_submission_endpoint_serves_tls_from_files_renewed_in_place_and_refuses_pl
         None,
         "the old certificate is still served"
     );
+}
+
+/// `mailroom_reconciles_total` of a replica.
+fn reconciles(replica: &support::cluster::Replica) -> u64 {
+    let (_, body) = replica.get("/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix("mailroom_reconciles_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_steady_cluster_costs_the_api_server_no_reads_and_a_changed_ca_config_map_restarts_the_worker()
+{
+    let stack = Stack::start(Default::default()).unwrap();
+    let user = stack
+        .add_user("support@mailroom.test", "s3cret-pass")
+        .unwrap();
+    let mut cluster = Cluster::start(chart_rbac());
+    let bundle = |pem: &str| {
+        let indented: String = pem.lines().map(|l| format!("    {l}\n")).collect();
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ca-bundle, namespace: {NS}}}\ndata:\n  ca.crt: |\n{indented}"
+        )
+    };
+    cluster.apply(&secrets_yaml(&stack, &user.password));
+    cluster.apply(&bundle(stack.ca_pem()));
+    cluster.apply(
+        &incoming_yaml(&stack, &user.address, &cluster.tickets()).replace(
+            "tls: {caSecretRef: {name: ca, key: ca.crt}}",
+            "tls: {caConfigMapRef: {name: ca-bundle, key: ca.crt}}",
+        ),
+    );
+    cluster.start_controller("pod-a", &["--resync", "1", "--status-counters-every", "1"]);
+    cluster.wait_ready();
+
+    // Steady (the counters of the first pass written): resyncs run (about
+    // every second here), and not one of them reads a Secret or ConfigMap or
+    // writes anything.
+    std::thread::sleep(Duration::from_secs(2));
+    let seen = cluster.requests_of_controller().len();
+    let before = reconciles(&cluster.replicas[0]);
+    std::thread::sleep(Duration::from_secs(6));
+    let resynced = reconciles(&cluster.replicas[0]) - before;
+    assert!(resynced >= 3, "only {resynced} resyncs in 6 s");
+    let requests: Vec<Logged> = cluster.requests_of_controller()[seen..]
+        .iter()
+        .filter(|r| r.verb != "watch" && !r.resource.starts_with("leases"))
+        .cloned()
+        .collect();
+    assert!(
+        requests.is_empty(),
+        "{resynced} resyncs of a steady cluster made requests: {requests:#?}"
+    );
+
+    // A CA bundle that no longer holds the server's CA: the watch sees the
+    // ConfigMap change, the value is read once, and the worker restarts with it.
+    let started = cluster.log().matches("worker started").count();
+    let other = testbed::test_certificates().unwrap();
+    cluster.apply(&bundle(&other.ca_pem));
+    cluster.wait_for(
+        "the worker to fail on the new CA bundle",
+        Duration::from_secs(30),
+        |c| {
+            c.object("support")
+                .and_then(|o| condition(&o, "Ready"))
+                .is_some_and(|r| r["status"] == "False")
+        },
+    );
+    assert!(cluster.log().matches("worker started").count() > started);
+    let reads = cluster.requests_of_controller()[seen..]
+        .iter()
+        .filter(|r| r.verb == "get" && r.resource == "configmaps" && r.name == "ca-bundle")
+        .count();
+    assert_eq!(reads, 1, "the changed ConfigMap is read once");
+}
+
+#[test]
+fn counters_reach_status_within_their_interval_without_waiting_for_a_resync() {
+    let stack = Stack::start(Default::default()).unwrap();
+    let (mut cluster, user) = with_mailbox(&stack, chart_rbac());
+    // Resyncs ten minutes apart: only the counters' own flush can write them.
+    cluster.start_controller("pod-a", &["--status-counters-every", "2"]);
+    cluster.wait_ready();
+    stack.deliver(&user.address, &[mail("counted")]).unwrap();
+    cluster.wait_for("the ticket", Duration::from_secs(30), |c| {
+        c.ticket_count() == 1
+    });
+    cluster.wait_for("the counters in status", Duration::from_secs(10), |c| {
+        c.object("support")
+            .is_some_and(|o| o["status"]["stats"]["ticketsCreated"] == 1)
+    });
 }

@@ -18,8 +18,9 @@ use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
 use mailroom::api::{IncomingEmailServer, IncomingProtocol, OutgoingEmailServer, SecurityType};
+use mailroom::controller::references::{Kind, References};
 use mailroom::controller::{
-    Context, ContextParts, FINALIZER, StatusWork, TEST_ANNOTATION, reconcile_incoming,
+    Context, ContextParts, FINALIZER, StatusWork, TEST_ANNOTATION, Timing, reconcile_incoming,
     reconcile_outgoing, servers_referencing, trigger_hash,
 };
 use mailroom::engine::Names;
@@ -214,7 +215,7 @@ fn harness_with_sink(
     let ctx = Arc::new(Context::new(ContextParts {
         client: client.clone(),
         recorder: Recorder::new(
-            client,
+            client.clone(),
             Reporter {
                 controller: "mailroom".into(),
                 instance: None,
@@ -225,6 +226,12 @@ fn harness_with_sink(
         outgoing_store,
         incoming_trigger,
         status_trigger,
+        // Stores that never sync: every value is read from the API.
+        references: References::new(client.clone(), reflector::store().0, reflector::store().0),
+        timing: Timing::default(),
+        reconciles: Default::default(),
+        shard: Default::default(),
+        lease: None,
         default_sink: default_sink.then(|| tickets.path().to_owned()),
         options: WorkerOptions {
             backoff_base: Duration::from_millis(50),
@@ -645,34 +652,44 @@ fn status_writes_do_not_pass_the_watch_filter_but_spec_annotation_and_deletion_d
 }
 
 #[test]
-fn the_secret_mapper_finds_the_servers_that_name_the_secret() {
-    let server = |ns: &str, name: &str, secret: &str| -> Arc<IncomingEmailServer> {
+fn the_reference_mapper_finds_the_servers_that_name_the_secret_or_config_map() {
+    let server = |ns: &str, name: &str, secret: &str, ca: &str| -> Arc<IncomingEmailServer> {
         Arc::new(
             serde_json::from_value(json!({
                 "apiVersion": "mailroom.dev/v1alpha1", "kind": "IncomingEmailServer",
                 "metadata": {"name": name, "namespace": ns},
-                "spec": {"email": "a@example.com", "provider": "Gmail", "auth": {"passwordSecretRef": {"name": secret, "key": "k"}}},
+                "spec": {
+                    "email": "a@example.com", "provider": "Gmail",
+                    "auth": {"passwordSecretRef": {"name": secret, "key": "k"}},
+                    "tls": {"caConfigMapRef": {"name": ca, "key": "ca.crt"}},
+                },
             }))
             .unwrap(),
         )
     };
     let servers = [
-        server(NS, "a", "shared"),
-        server(NS, "b", "other"),
-        server(NS, "c", "shared"),
-        server("elsewhere", "d", "shared"),
+        server(NS, "a", "shared", "ca"),
+        server(NS, "b", "other", "shared"),
+        server(NS, "c", "shared", "ca"),
+        server("elsewhere", "d", "shared", "shared"),
     ];
-    let found: Vec<String> =
-        servers_referencing(&servers, NS, "shared", |s: &IncomingEmailServer| {
+    let found = |kind: Kind| -> Vec<String> {
+        servers_referencing(&servers, (kind, NS, "shared"), |s: &IncomingEmailServer| {
             Names::incoming(&s.spec)
         })
         .into_iter()
         .map(|r| r.name)
-        .collect();
+        .collect()
+    };
     assert_eq!(
-        found,
+        found(Kind::Secret),
         ["a", "c"],
-        "same namespace only, and only those that name it"
+        "same namespace only, and only those that name a Secret so called"
+    );
+    assert_eq!(
+        found(Kind::ConfigMap),
+        ["b"],
+        "a ConfigMap of the same name is another object"
     );
 }
 

@@ -39,6 +39,23 @@ pub struct IncomingEmailServerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub recent_rejections: Vec<Rejection>,
+    /// The controller running the fetch worker. Another shard's controller
+    /// waits for this claim to be cleared before it fetches (see Shards in
+    /// docs/operations.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerHolder>,
+}
+
+/// A controller that runs (or last ran) a mailbox's fetch worker.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerHolder {
+    /// Its shard; absent: the controller for unlabelled resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    /// Its leader election Lease, `namespace/name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 /// Observed state of an OutgoingEmailServer.

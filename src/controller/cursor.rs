@@ -98,7 +98,10 @@ impl CursorStore for ConfigMapCursorStore {
                 "metadata": {
                     "name": self.name,
                     "ownerReferences": [self.owner],
-                    "labels": {"app.kubernetes.io/managed-by": "mailroom"},
+                    "labels": {
+                        "app.kubernetes.io/managed-by": "mailroom",
+                        super::references::CURSOR_LABEL: "true",
+                    },
                 },
                 "data": {KEY: text},
             });

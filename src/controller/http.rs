@@ -24,6 +24,8 @@ pub(crate) struct HealthState {
     pub leading: Arc<AtomicBool>,
     /// Terms that ended with the Lease lost and the workers aborted.
     pub fenced: Arc<AtomicU64>,
+    /// Reconciles run, by every context of this process.
+    pub reconciles: Arc<AtomicU64>,
 }
 
 pub(crate) fn router(probe: HealthState) -> Router {
@@ -60,6 +62,11 @@ async fn metrics(State(p): State<HealthState>) -> String {
         out,
         "# HELP mailroom_leader_fenced_total Times this replica lost the Lease (no renewal within the renew deadline, or another holder) and aborted its workers.\n# TYPE mailroom_leader_fenced_total counter\nmailroom_leader_fenced_total {}",
         p.fenced.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP mailroom_reconciles_total Reconciles run (changes, resyncs and referenced Secrets or ConfigMaps that changed).\n# TYPE mailroom_reconciles_total counter\nmailroom_reconciles_total {}",
+        p.reconciles.load(Ordering::Relaxed)
     );
     out
 }

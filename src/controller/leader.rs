@@ -70,16 +70,16 @@ impl ElectionConfig {
 
 /// The parts of a Lease whose change proves its holder alive.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Record {
-    holder: String,
+pub(super) struct Record {
+    pub(super) holder: String,
     renew: Option<MicroTime>,
     acquire: Option<MicroTime>,
-    duration: Option<i32>,
+    pub(super) duration: Option<i32>,
     transitions: Option<i32>,
 }
 
 impl Record {
-    fn of(spec: Option<&LeaseSpec>) -> Self {
+    pub(super) fn of(spec: Option<&LeaseSpec>) -> Self {
         let spec = spec.cloned().unwrap_or_default();
         Self {
             holder: spec.holder_identity.unwrap_or_default(),

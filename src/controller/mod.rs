@@ -1,7 +1,8 @@
 //! `mailroom controller`: the Kubernetes adapter. kube-runtime Controllers for
-//! both kinds, with the Secrets they reference watched (metadata only) and
-//! mapped back to them. Reconcile keeps the finalizer, reads the referenced
-//! Secrets fresh from the API and hands the object to the engine
+//! both kinds, with the Secrets and ConfigMaps they reference watched
+//! (metadata only) and mapped back to them. Reconcile keeps the finalizer,
+//! takes the referenced values (`references`: read once per resourceVersion)
+//! and hands the object to the engine
 //! (`crate::engine`, the same one standalone mode uses), then writes the status
 //! the engine computes (`status`) and announces changes (`events`). A runtime
 //! whose health changes asks for a status-only write: no Secret is read and
@@ -11,9 +12,10 @@ pub mod cursor;
 mod events;
 pub mod http;
 pub mod leader;
+pub mod references;
 pub mod review;
 pub mod run;
-mod secrets;
+pub mod shard;
 pub mod status;
 pub mod writeback;
 
@@ -46,8 +48,36 @@ pub const FINALIZER: &str = "mailroom.dev/worker";
 pub(crate) const MANAGER: &str = "mailroom";
 /// Annotating an object with a new value runs its connection test again.
 pub const TEST_ANNOTATION: &str = "mailroom.dev/test-connection";
-/// Status counters are written at most this often (conditions at once).
-pub(crate) const STATS_EVERY: Duration = Duration::from_secs(60);
+/// How often a controller's reconciles run again without a change, and how
+/// often status counters may be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// Every resource is reconciled again after about this long (less up
+    /// to a tenth, so that resources started together spread out).
+    pub resync: Duration,
+    /// Status counters alone are written at most this often; conditions at once.
+    pub stats_every: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            resync: Duration::from_secs(600),
+            stats_every: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Timing {
+    /// The resync wait, less a random part of up to a tenth.
+    pub(crate) fn resync(&self) -> Duration {
+        self.resync.mul_f64(1.0 - fastrand::f64() / 10.0)
+    }
+}
+
+/// How often a mailbox moved from another shard is looked at while that
+/// shard still claims it.
+const HANDOVER_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -69,6 +99,11 @@ pub struct Context {
     outgoing_store: Store<OutgoingEmailServer>,
     incoming_trigger: mpsc::UnboundedSender<ObjectRef<IncomingEmailServer>>,
     status_trigger: mpsc::UnboundedSender<StatusWork>,
+    references: references::References,
+    timing: Timing,
+    reconciles: Arc<std::sync::atomic::AtomicU64>,
+    shard: shard::Shard,
+    claims: shard::Claims,
     failures: std::sync::Mutex<HashMap<String, u32>>,
     /// When each status was last written, for batching the counters.
     written_at: std::sync::Mutex<HashMap<ResourceId, std::time::Instant>>,
@@ -95,6 +130,16 @@ pub struct ContextParts {
     pub incoming_trigger: mpsc::UnboundedSender<ObjectRef<IncomingEmailServer>>,
     /// Asks for a status-only write.
     pub status_trigger: mpsc::UnboundedSender<StatusWork>,
+    /// The referenced Secrets and ConfigMaps of this scope.
+    pub references: references::References,
+    pub timing: Timing,
+    /// Counts every reconcile (the process's `mailroom_reconciles_total`).
+    pub reconciles: Arc<std::sync::atomic::AtomicU64>,
+    /// The resources this controller writes for.
+    pub shard: shard::Shard,
+    /// Its leader election Lease (`namespace/name`), named in the claims it
+    /// puts on mailboxes; none without leader election.
+    pub lease: Option<String>,
     pub default_sink: Option<PathBuf>,
     pub options: WorkerOptions,
     /// False on a standby: no finalizer, status or event is written.
@@ -103,6 +148,7 @@ pub struct ContextParts {
 
 impl Context {
     pub fn new(p: ContextParts) -> Self {
+        let claims = shard::Claims::new(p.client.clone(), &p.shard, p.lease.clone());
         let tokens = Tokens::new(Some(Arc::new(writeback::SecretUpdate {
             client: p.client.clone(),
         })));
@@ -119,6 +165,11 @@ impl Context {
             outgoing_store: p.outgoing_store,
             incoming_trigger: p.incoming_trigger,
             status_trigger: p.status_trigger,
+            references: p.references,
+            timing: p.timing,
+            reconciles: p.reconciles,
+            claims,
+            shard: p.shard,
             failures: std::sync::Mutex::default(),
             written_at: std::sync::Mutex::default(),
             writes: p.writes,
@@ -192,9 +243,26 @@ impl Context {
         }
         futures::future::join_all(retired.iter_mut().map(Retired::stop)).await;
         for id in &stopped {
-            tracing::warn!(resource = %id, "stopped: the resource is gone from the cluster without its finalizer's cleanup (was the finalizer removed by hand?)");
+            tracing::warn!(resource = %id, "stopped: the resource is gone from this controller's watch without its finalizer's cleanup (was the finalizer removed by hand, or its shard label changed?)");
+            if self.writes {
+                self.claims.release(id).await;
+            }
         }
         stopped
+    }
+
+    /// A mailbox left this controller's watch (deleted, or relabelled to
+    /// another shard): its worker stops after the message in flight, then the
+    /// claim goes so that the shard it moved to may start.
+    pub async fn release_incoming(&self, id: &ResourceId) {
+        let retired = self.engine.lock().await.take_incoming(id);
+        if let Some(mut r) = retired {
+            r.stop().await;
+            tracing::info!(resource = %id, "stopped the fetch worker: the resource left this controller's watch");
+            if self.writes {
+                self.claims.release(id).await;
+            }
+        }
     }
 
     /// Sweeps every `every` once both caches have synced, until `stop`.
@@ -237,20 +305,31 @@ pub fn trigger_hash<K: Resource>(obj: &K) -> Option<u64> {
         .as_ref()
         .and_then(|a| a.get(TEST_ANNOTATION))
         .hash(&mut h);
+    // Which shard writes an OutgoingEmailServer's status.
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(shard::SHARD_LABEL))
+        .hash(&mut h);
     Some(h.finish())
 }
 
-/// The servers of `servers` that name the Secret `namespace/name`.
+/// The servers of `servers` that name the Secret or ConfigMap `namespace/name`.
 pub fn servers_referencing<K: Resource<DynamicType = ()>>(
     servers: &[Arc<K>],
-    namespace: &str,
-    name: &str,
+    (kind, namespace, name): (references::Kind, &str, &str),
     names_of: impl Fn(&K) -> Names,
 ) -> Vec<ObjectRef<K>> {
     servers
         .iter()
         .filter(|s| s.meta().namespace.as_deref() == Some(namespace))
-        .filter(|s| names_of(s).secrets.iter().any(|n| n == name))
+        .filter(|s| {
+            let names = names_of(s);
+            let named = match kind {
+                references::Kind::Secret => names.secrets,
+                references::Kind::ConfigMap => names.config_maps,
+            };
+            named.iter().any(|n| n == name)
+        })
         .map(|s| ObjectRef::from_obj(s.as_ref()))
         .collect()
 }
@@ -308,8 +387,11 @@ where
     FC: Future<Output = Result<Action, Error>>,
 {
     let (id, uid) = identity(obj.as_ref())?;
-    if !ctx.writes {
-        // A standby follows the object without touching it.
+    ctx.reconciles
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if !ctx.writes || !ctx.shard.handles(obj.meta()) {
+        // A standby, or a controller of another shard (every replica keeps
+        // every sender), follows the object without touching it.
         return if obj.meta().deletion_timestamp.is_some() {
             cleanup(obj, ctx).await
         } else {
@@ -342,7 +424,18 @@ pub async fn reconcile_incoming(
 
 async fn apply_incoming(obj: Arc<IncomingEmailServer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let (id, _) = identity(obj.as_ref())?;
-    let fetched = secrets::fetch(&ctx.client, &id.namespace, &Names::incoming(&obj.spec)).await?;
+    if ctx.writes
+        && !ctx.engine.lock().await.runs_incoming(&id)
+        && let Some(holder) = ctx.claims.standing(obj.as_ref()).await?
+    {
+        // Moved here from another shard whose worker may still be fetching.
+        tracing::info!(resource = %id, shard = ?holder.shard, lease = ?holder.lease, "waiting for the shard that runs this mailbox to let it go");
+        return Ok(Action::requeue(HANDOVER_POLL));
+    }
+    let fetched = ctx
+        .references
+        .fetch(&id.namespace, &Names::incoming(&obj.spec))
+        .await?;
     let own = ctx.own_addresses(&id.namespace);
     let retest = retest(obj.as_ref());
     let owner = obj.controller_owner_ref(&()).ok_or(Error::Unnamed)?;
@@ -438,7 +531,10 @@ pub async fn reconcile_outgoing(
 
 async fn apply_outgoing(obj: Arc<OutgoingEmailServer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let (id, _) = identity(obj.as_ref())?;
-    let fetched = secrets::fetch(&ctx.client, &id.namespace, &Names::outgoing(&obj.spec)).await?;
+    let fetched = ctx
+        .references
+        .fetch(&id.namespace, &Names::outgoing(&obj.spec))
+        .await?;
     let retest = retest(obj.as_ref());
     let conditions = obj
         .status

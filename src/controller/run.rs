@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -19,7 +18,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::http::{self, HealthState};
 use super::leader::{ElectionConfig, Elector, Held};
+use super::references::References;
 use super::review::ServiceAccounts;
+use super::shard::Shard;
 use super::{
     Context, ContextParts, Names, error_policy, reconcile_incoming, reconcile_outgoing,
     servers_referencing, trigger_hash,
@@ -57,6 +58,9 @@ pub struct ControllerOptions {
     pub election: Option<ElectionConfig>,
     /// Named in events.
     pub identity: String,
+    pub timing: super::Timing,
+    /// The resources this controller handles, by their shard label.
+    pub shard: Shard,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +199,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
         client: client.clone(),
         outbox,
         recorder,
+        reconciles: probe.reconciles.clone(),
     };
 
     let mut elector = opts
@@ -271,6 +276,7 @@ struct Shared {
     client: Client,
     outbox: Arc<Outbox>,
     recorder: Recorder,
+    reconciles: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// While not leading: the OutgoingEmailServer controllers alone, writing
@@ -289,7 +295,7 @@ async fn standby(shared: Shared, opts: ControllerOptions, stop: watch::Receiver<
             &shared,
             scope,
             Role::Standby,
-            opts.default_sink.clone(),
+            &opts,
             WorkerOptions::default(),
             &shutdown,
         );
@@ -346,7 +352,7 @@ async fn term(
             shared,
             scope,
             Role::Leader,
-            opts.default_sink.clone(),
+            opts,
             options.clone(),
             &shutdown,
         );
@@ -356,10 +362,14 @@ async fn term(
     *write_unpoisoned(&probe.contexts) = contexts.clone();
     let sweepers: Vec<_> = contexts
         .iter()
-        .map(|ctx| {
-            let ctx = ctx.clone();
-            let stop = shutdown();
-            tokio::spawn(async move { ctx.sweep_every(SWEEP_EVERY, stop).await })
+        .flat_map(|ctx| {
+            let sweeping = {
+                let ctx = ctx.clone();
+                let stop = shutdown();
+                tokio::spawn(async move { ctx.sweep_every(SWEEP_EVERY, stop).await })
+            };
+            let flushing = tokio::spawn(super::status::flush_counters(ctx.clone(), shutdown()));
+            [sweeping, flushing]
         })
         .collect();
 
@@ -384,7 +394,7 @@ fn scope_controllers<F>(
     shared: &Shared,
     ns: Option<&str>,
     role: Role,
-    default_sink: Option<PathBuf>,
+    opts: &ControllerOptions,
     options: WorkerOptions,
     shutdown: &impl Fn() -> F,
 ) -> (Arc<Context>, futures::future::BoxFuture<'static, ()>)
@@ -395,58 +405,85 @@ where
     let (incoming_store, incoming_writer) = reflector::store();
     let (outgoing_store, outgoing_writer) = reflector::store();
     let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
+    let (outgoing_tx, outgoing_rx) = mpsc::unbounded_channel();
     let (status_tx, status_rx) = mpsc::unbounded_channel();
+    let (references, touched) = References::watch(client, ns);
     let ctx = Arc::new(Context::new(ContextParts {
         client: client.clone(),
         recorder: shared.recorder.clone(),
         outbox: shared.outbox.clone(),
         incoming_store: incoming_store.clone(),
         outgoing_store: outgoing_store.clone(),
-        incoming_trigger: incoming_tx,
+        incoming_trigger: incoming_tx.clone(),
         status_trigger: status_tx,
-        default_sink,
+        references,
+        timing: opts.timing,
+        reconciles: shared.reconciles.clone(),
+        shard: opts.shard.clone(),
+        lease: opts
+            .election
+            .as_ref()
+            .map(|e| format!("{}/{}", e.namespace, e.name)),
+        default_sink: opts.default_sink.clone(),
         options,
         writes: role == Role::Leader,
     }));
     let status_writer = tokio::spawn(super::status::follow(ctx.clone(), status_rx));
     let config = ControllerConfig::default().concurrency(CONCURRENCY);
-    let secrets = || {
-        // Metadata only: Secret values are read in reconcile, never cached.
-        watcher(
-            scoped::<PartialObjectMeta<Secret>>(client, ns),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .touched_objects()
+    // A referenced Secret or ConfigMap that changed reconciles its resources.
+    let follow_references = {
+        let incoming_store = incoming_store.clone();
+        let outgoing_store = outgoing_store.clone();
+        tokio::spawn(touched.for_each(move |(kind, namespace, name)| {
+            let object = (kind, namespace.as_str(), name.as_str());
+            for r in servers_referencing(&incoming_store.state(), object, |o| {
+                Names::incoming(&o.spec)
+            }) {
+                let _ = incoming_tx.send(r);
+            }
+            for r in servers_referencing(&outgoing_store.state(), object, |o| {
+                Names::outgoing(&o.spec)
+            }) {
+                let _ = outgoing_tx.send(r);
+            }
+            async {}
+        }))
     };
 
+    let (left_tx, left_rx) = mpsc::unbounded_channel();
+    // A mailbox that leaves the watch (deleted, or relabelled to another
+    // shard) gives up its worker and its claim at once.
+    let follow_leaving = {
+        let ctx = ctx.clone();
+        tokio::spawn(stream_of(left_rx).for_each(move |id| {
+            let ctx = ctx.clone();
+            async move { ctx.release_incoming(&id).await }
+        }))
+    };
     let incoming = {
-        let store = incoming_store.clone();
         let stream = watcher(
             scoped::<IncomingEmailServer>(client, ns),
-            watcher::Config::default(),
+            watcher::Config::default().labels(&opts.shard.selector()),
         )
         .default_backoff()
         .reflect(incoming_writer)
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Delete(o)) = event
+                && let Ok((id, _)) = super::identity(o)
+            {
+                let _ = left_tx.send(id);
+            }
+        })
         .applied_objects()
         .predicate_filter(trigger_hash, Default::default());
         Controller::for_stream(stream, incoming_store)
             .with_config(config.clone())
-            .watches_stream(secrets(), move |s| {
-                servers_referencing(
-                    &store.state(),
-                    s.metadata.namespace.as_deref().unwrap_or_default(),
-                    s.metadata.name.as_deref().unwrap_or_default(),
-                    |o: &IncomingEmailServer| Names::incoming(&o.spec),
-                )
-            })
             .reconcile_on(stream_of::<ObjectRef<IncomingEmailServer>>(incoming_rx))
             .graceful_shutdown_on(shutdown())
             .run(reconcile_incoming, error_policy, ctx.clone())
             .for_each(|_| async {})
     };
     let outgoing = {
-        let store = outgoing_store.clone();
         let stream = watcher(
             scoped::<OutgoingEmailServer>(client, ns),
             watcher::Config::default(),
@@ -457,14 +494,7 @@ where
         .predicate_filter(trigger_hash, Default::default());
         Controller::for_stream(stream, outgoing_store)
             .with_config(config)
-            .watches_stream(secrets(), move |s| {
-                servers_referencing(
-                    &store.state(),
-                    s.metadata.namespace.as_deref().unwrap_or_default(),
-                    s.metadata.name.as_deref().unwrap_or_default(),
-                    |o: &OutgoingEmailServer| Names::outgoing(&o.spec),
-                )
-            })
+            .reconcile_on(stream_of::<ObjectRef<OutgoingEmailServer>>(outgoing_rx))
             .graceful_shutdown_on(shutdown())
             .run(reconcile_outgoing, error_policy, ctx.clone())
             .for_each(|_| async {})
@@ -477,6 +507,8 @@ where
             outgoing.await;
         }
         status_writer.abort();
+        follow_references.abort();
+        follow_leaving.abort();
     };
     (ctx, Box::pin(both))
 }

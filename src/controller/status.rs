@@ -1,9 +1,9 @@
 //! Status, written by server-side apply (one field manager) only when its
-//! content changed, counters at most every `STATS_EVERY`. Reconcile writes it
+//! content changed, counters at most every `Timing::stats_every`. Reconcile writes it
 //! after applying; a runtime whose health changed asks for a status-only
 //! write through `StatusWork`, which reads nothing from the API.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -13,7 +13,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::{Context, Error, MANAGER, STATS_EVERY, events, identity};
+use super::{Context, Error, MANAGER, events, identity};
 use crate::api::{IncomingEmailServer, OutgoingEmailServer, OutgoingStats};
 use mailroom_core::sync::unpoisoned;
 use mailroom_core::vocab::ResourceId;
@@ -26,16 +26,17 @@ pub enum StatusWork {
 }
 
 /// Whether a status must be written now: never when nothing changed; at once
-/// when anything but the counters changed; counters at most every STATS_EVERY.
+/// when anything but the counters changed; counters at most every `every`.
 fn must_write<S: Serialize>(
     current: Option<&S>,
     computed: &S,
     written_at: Option<Instant>,
-) -> Result<bool, std::time::Duration> {
+    every: Duration,
+) -> bool {
     let a = serde_json::to_value(current).unwrap_or_default();
     let b = serde_json::to_value(Some(computed)).unwrap_or_default();
     if a == b {
-        return Ok(false);
+        return false;
     }
     let without_counters = |mut v: serde_json::Value| {
         if let Some(o) = v.as_object_mut() {
@@ -46,22 +47,19 @@ fn must_write<S: Serialize>(
         v
     };
     if without_counters(a) != without_counters(b) {
-        return Ok(true);
+        return true;
     }
-    match written_at {
-        Some(t) if t.elapsed() < STATS_EVERY => Err(STATS_EVERY - t.elapsed()),
-        _ => Ok(true),
-    }
+    written_at.is_none_or(|t| t.elapsed() >= every)
 }
 
-/// Writes `status` of `obj` when `must_write` says so; tells whether it did,
-/// and when to come back.
+/// Writes `status` of `obj` when `must_write` says so; tells whether it did.
+/// Counters held back go with a later write (`flush_counters`).
 async fn sync<K, S: Serialize>(
     ctx: &Context,
     obj: &K,
     current: Option<&S>,
     status: &S,
-) -> Result<(bool, Action), Error>
+) -> Result<bool, Error>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
         + Clone
@@ -70,26 +68,23 @@ where
 {
     let (id, _) = identity(obj)?;
     let written_at = unpoisoned(&ctx.written_at).get(&id).copied();
-    match must_write(current, status, written_at) {
-        Ok(true) => {
-            let body = serde_json::json!({
-                "apiVersion": K::api_version(&()),
-                "kind": K::kind(&()),
-                "status": status,
-            });
-            Api::<K>::namespaced(ctx.client.clone(), &id.namespace)
-                .patch_status(
-                    &id.name,
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(body),
-                )
-                .await?;
-            unpoisoned(&ctx.written_at).insert(id, Instant::now());
-            Ok((true, Action::requeue(STATS_EVERY)))
-        }
-        Ok(false) => Ok((false, Action::requeue(STATS_EVERY))),
-        Err(wait) => Ok((false, Action::requeue(wait))),
+    if !must_write(current, status, written_at, ctx.timing.stats_every) {
+        return Ok(false);
     }
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    Api::<K>::namespaced(ctx.client.clone(), &id.namespace)
+        .patch_status(
+            &id.name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    unpoisoned(&ctx.written_at).insert(id, Instant::now());
+    Ok(true)
 }
 
 /// Computes and (when it must) writes an IncomingEmailServer's status.
@@ -98,7 +93,7 @@ pub(super) async fn write_incoming(
     obj: &IncomingEmailServer,
 ) -> Result<Action, Error> {
     let (id, _) = identity(obj)?;
-    if !ctx.writes {
+    if !ctx.writes || !ctx.shard.handles(&obj.metadata) {
         return Ok(Action::await_change());
     }
     // The engine is released before the API call: a slow write holds nobody.
@@ -106,15 +101,18 @@ pub(super) async fn write_incoming(
         .engine
         .lock()
         .await
-        .incoming_status(&id, jiff::Timestamp::now());
+        .incoming_status(&id, jiff::Timestamp::now())
+        .map(|mut c| {
+            c.status.worker = Some(ctx.claims.me().clone());
+            c
+        });
     let Some(computed) = computed else {
-        return Ok(Action::requeue(STATS_EVERY));
+        return Ok(Action::requeue(ctx.timing.resync()));
     };
-    let (written, action) = sync(ctx, obj, obj.status.as_ref(), &computed.status).await?;
-    if written {
+    if sync(ctx, obj, obj.status.as_ref(), &computed.status).await? {
         events::for_change(ctx, &obj.object_ref(&()), &computed).await;
     }
-    Ok(action)
+    Ok(Action::requeue(ctx.timing.resync()))
 }
 
 /// Computes and (when it must) writes an OutgoingEmailServer's status, with
@@ -124,7 +122,7 @@ pub(super) async fn write_outgoing(
     obj: &OutgoingEmailServer,
 ) -> Result<Action, Error> {
     let (id, _) = identity(obj)?;
-    if !ctx.writes {
+    if !ctx.writes || !ctx.shard.handles(&obj.metadata) {
         return Ok(Action::await_change());
     }
     let others: Vec<String> = if obj.spec.primary {
@@ -147,10 +145,9 @@ pub(super) async fn write_outgoing(
         .await
         .outgoing_status(&id, &others, jiff::Timestamp::now());
     let Some(computed) = computed else {
-        return Ok(Action::requeue(STATS_EVERY));
+        return Ok(Action::requeue(ctx.timing.resync()));
     };
-    let (written, action) = sync(ctx, obj, obj.status.as_ref(), &computed.status).await?;
-    if written {
+    if sync(ctx, obj, obj.status.as_ref(), &computed.status).await? {
         let reference = obj.object_ref(&());
         events::for_change(ctx, &reference, &computed).await;
         let failovers = |s: Option<&OutgoingStats>| s.map_or(0, |s| s.failovers);
@@ -173,7 +170,37 @@ pub(super) async fn write_outgoing(
             .await;
         }
     }
-    Ok(action)
+    Ok(Action::requeue(ctx.timing.resync()))
+}
+
+/// Every `stats_every`, asks for a status-only write of every running
+/// resource, so that changed counters reach status without waiting for a
+/// resync (a status whose content is unchanged is not written).
+pub async fn flush_counters(ctx: std::sync::Arc<Context>, stop: impl Future<Output = ()>) {
+    let flushing = async {
+        let mut tick = tokio::time::interval(ctx.timing.stats_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let (incoming, outgoing) = {
+                let engine = ctx.engine.lock().await;
+                (engine.incoming_ids(), engine.outgoing_ids())
+            };
+            let work = incoming
+                .into_iter()
+                .map(StatusWork::Incoming)
+                .chain(outgoing.into_iter().map(StatusWork::Outgoing));
+            for w in work {
+                if ctx.status_trigger.send(w).is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = flushing => {}
+        _ = stop => {}
+    }
 }
 
 /// Status-only writes, as runtimes ask for them; the object comes from the
@@ -215,9 +242,11 @@ mod tests {
         let a = serde_json::json!({"conditions": [1], "stats": {"fetched": 1}});
         let b = serde_json::json!({"conditions": [1], "stats": {"fetched": 2}});
         let c = serde_json::json!({"conditions": [2], "stats": {"fetched": 2}});
-        assert_eq!(must_write(Some(&a), &a, None), Ok(false));
-        assert!(must_write(Some(&a), &b, Some(Instant::now())).is_err());
-        assert_eq!(must_write(Some(&a), &b, None), Ok(true));
-        assert_eq!(must_write(Some(&a), &c, Some(Instant::now())), Ok(true));
+        let every = Duration::from_secs(60);
+        let now = Some(Instant::now());
+        assert!(!must_write(Some(&a), &a, None, every));
+        assert!(!must_write(Some(&a), &b, now, every));
+        assert!(must_write(Some(&a), &b, None, every));
+        assert!(must_write(Some(&a), &c, now, every));
     }
 }

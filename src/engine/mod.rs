@@ -408,6 +408,11 @@ impl Engine {
         self.outgoing.get(id).map(|e| &e.runtime)
     }
 
+    /// Whether a worker runs for the IncomingEmailServer.
+    pub(crate) fn runs_incoming(&self, id: &ResourceId) -> bool {
+        self.incoming.contains_key(id)
+    }
+
     pub fn incoming_ids(&self) -> Vec<ResourceId> {
         let mut ids: Vec<_> = self.incoming.keys().cloned().collect();
         ids.sort();

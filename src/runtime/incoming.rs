@@ -291,6 +291,7 @@ impl super::Runtime for IncomingRuntime {
             recent_rejections: stats
                 .map(|s| status::recent_rejections(&unpoisoned(&s.rejections)))
                 .unwrap_or_default(),
+            worker: None,
         }
     }
 
