@@ -23,6 +23,14 @@ struct Cli {
     /// Log format: human-readable text, or one JSON object per line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// Mailbox sign-ins (TCP, TLS, login) in progress at once; the rest wait
+    /// their turn (a start-up, or a server back after an outage).
+    #[arg(long, value_name = "N", default_value_t = 16, global = true)]
+    max_concurrent_sign_ins: usize,
+    /// Sessions one account may have open at once, shared by every resource
+    /// that signs in to it (default: Gmail 15, Microsoft 365 20, others none).
+    #[arg(long, value_name = "N", global = true)]
+    max_sessions_per_account: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -217,6 +225,13 @@ enum OAuth2Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     mailroom::logging::init(matches!(cli.log_format, LogFormat::Json));
+    if let Err(e) = mailroom_core::connection::limits::configure(
+        cli.max_concurrent_sign_ins,
+        cli.max_sessions_per_account,
+    ) {
+        eprintln!("mailroom: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Crd { dir: None } => print_crds(),
         Command::Crd { dir: Some(dir) } => write_crds(&dir),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use secrecy::SecretString;
 
 use super::Endpoint;
-use crate::connection::{ProxySettings, Timeouts, TlsOptions};
+use crate::connection::{Failure, ProxySettings, Reason, Timeouts, TlsOptions};
 use crate::oauth2::{TokenInfo, TokenSession};
 use crate::vocab::Provider;
 
@@ -52,6 +52,39 @@ pub struct ServerSettings {
     pub timeouts: Timeouts,
 }
 
+/// A refused sign-in: throttled when the server says the account has too
+/// many connections or is busy (Gmail's `[ALERT] Too many simultaneous
+/// connections`, `[UNAVAILABLE]`/`[THROTTLED]` codes, Dovecot's `Maximum number
+/// of connections from user+IP exceeded`, POP3's `[IN-USE]`/`[SYS/TEMP]`),
+/// which is waited out; otherwise refused credentials.
+pub fn refused_sign_in(provider: Provider, server_said: &str) -> Failure {
+    let said = server_said.to_ascii_lowercase();
+    let busy = [
+        "[unavailable]",
+        "[throttled]",
+        "[in-use]",
+        "[sys/temp]",
+        "too many",
+        "maximum number of connections",
+    ]
+    .iter()
+    .any(|m| said.contains(m));
+    if busy {
+        Failure::new(
+            Reason::Throttled,
+            format!(
+                "the server turned the sign-in away for now ({}): the account has too many connections or the server is busy; retrying after a longer wait",
+                server_said.trim()
+            ),
+        )
+    } else {
+        Failure::new(
+            Reason::AuthenticationFailed,
+            authentication_hint(provider, server_said),
+        )
+    }
+}
+
 /// The message for a refused sign-in. For Gmail it is the help page's own
 /// troubleshooting advice, so that nobody needs to look it up.
 pub fn authentication_hint(provider: Provider, server_said: &str) -> String {
@@ -66,5 +99,33 @@ pub fn authentication_hint(provider: Provider, server_said: &str) -> String {
         Provider::Other => format!(
             "the server refused the sign-in ({said}); check the username (auth.username, default: email) and the password in the Secret"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_server_throttles_and_anything_else_is_refused_credentials() {
+        for busy in [
+            "[ALERT] Too many simultaneous connections. (Failure)",
+            "[UNAVAILABLE] Maximum number of connections from user+IP exceeded (mail_max_userip_connections=10)",
+            "[THROTTLED] Account exceeded command or bandwidth limits",
+            "[IN-USE] Mailbox is locked by another POP3 session",
+            "[SYS/TEMP] Try again later",
+        ] {
+            let f = refused_sign_in(Provider::Gmail, busy);
+            assert_eq!(f.reason, Reason::Throttled, "{busy}");
+            assert!(f.message.contains(busy), "{}", f.message);
+        }
+        for refused in [
+            "[AUTHENTICATIONFAILED] Invalid credentials (Failure)",
+            "[AUTH] Authentication failed.",
+        ] {
+            let f = refused_sign_in(Provider::Gmail, refused);
+            assert_eq!(f.reason, Reason::AuthenticationFailed, "{refused}");
+            assert!(f.message.contains("App Password"), "{}", f.message);
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! Protocol clients (IMAP, POP3, SMTP) build on this; nothing here knows a
 //! protocol or Kubernetes.
 
+pub mod limits;
 pub(crate) mod proxy;
 pub(crate) mod stream;
 pub(crate) mod tls;
@@ -44,6 +45,11 @@ pub enum Reason {
     SinkSetupFailed,
     /// The fetch cursor could not be read or saved.
     CursorStoreFailed,
+    /// Every session the account allows is in use by other resources.
+    SessionLimit,
+    /// The server turned the sign-in away for now (too many connections,
+    /// busy): retried after a longer wait.
+    Throttled,
 }
 
 impl Reason {
@@ -65,6 +71,8 @@ impl Reason {
             Self::NoSink => "NoSink",
             Self::SinkSetupFailed => "SinkSetupFailed",
             Self::CursorStoreFailed => "CursorStoreFailed",
+            Self::SessionLimit => "SessionLimit",
+            Self::Throttled => "Throttled",
         }
     }
 

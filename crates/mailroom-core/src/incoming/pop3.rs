@@ -8,7 +8,7 @@ use base64::Engine;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::config::server::authentication_hint;
+use crate::config::server::refused_sign_in;
 use crate::config::{Credentials, ServerSettings};
 use crate::connection::{
     Failure, MailStream, Probe, Reason, open, protocol_error, require_starttls, starttls, within,
@@ -177,12 +177,7 @@ impl Pop3 {
         probe.capabilities = caps.clone();
 
         let provider = server.provider;
-        let refused = |text: String| {
-            Failure::new(
-                Reason::AuthenticationFailed,
-                authentication_hint(provider, &text),
-            )
-        };
+        let refused = |text: String| refused_sign_in(provider, &text);
         let sasl: Vec<&str> = caps
             .iter()
             .filter_map(|c| {

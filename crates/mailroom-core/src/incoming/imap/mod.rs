@@ -6,7 +6,7 @@ use async_imap::{Client, Session};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::config::server::authentication_hint;
+use crate::config::server::refused_sign_in;
 use crate::config::{Credentials, ServerSettings};
 use crate::connection::{
     Failure, MailStream, Probe, Reason, open, protocol_error, require_starttls, starttls, within,
@@ -150,10 +150,9 @@ pub(crate) async fn connect(
                             .login(username, password.expose_secret())
                             .await
                             .map_err(|(e, _)| match e {
-                                async_imap::error::Error::No(text) => Failure::new(
-                                    Reason::AuthenticationFailed,
-                                    authentication_hint(provider, &text),
-                                ),
+                                async_imap::error::Error::No(text) => {
+                                    refused_sign_in(provider, &text)
+                                }
                                 other => protocol_error(IMAP, "LOGIN", other),
                             })
                     })

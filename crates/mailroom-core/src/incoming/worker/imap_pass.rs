@@ -36,6 +36,7 @@ impl Worker {
     pub(super) async fn imap_session(&mut self) -> Result<(), SessionEnd> {
         let io = self.settings.server.timeouts.io;
         let mut probe = Probe::new();
+        let turn = self.options.limits.connecting().await;
         let session = match imap::connect(&self.settings.server, &mut probe).await {
             Ok(s) => s,
             Err(f) => return Err(SessionEnd::Connect(Box::new(probe.finish(Err(f))))),
@@ -51,6 +52,7 @@ impl Worker {
             Ok(s) => s,
             Err(f) => return Err(SessionEnd::Connect(Box::new(probe.finish(Err(f))))),
         };
+        drop(turn);
         self.emit(WorkerEvent::Connected(probe.finish(Ok(()))));
         self.backoff.reset();
 

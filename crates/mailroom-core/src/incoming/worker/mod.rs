@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use super::judging::Judging;
 use super::plan::Backoff;
 use super::settings::IncomingSettings;
+use crate::connection::limits::{SessionLimits, SessionSlot};
 use crate::connection::{ConnectionReport, Failure, Probe, Reason};
 use crate::filter::{RejectionLog, RejectionRecord, Verdict};
 use crate::sinks::{Delivery, Sink, SinkError};
@@ -200,6 +201,8 @@ pub struct WorkerOptions {
     pub on_ticket: Option<Arc<dyn TicketHook>>,
     /// Where the worker registers to be aborted at once.
     pub fence: Option<Fence>,
+    /// Sign-ins at once and sessions per account (default: the process's).
+    pub limits: SessionLimits,
 }
 
 impl Default for WorkerOptions {
@@ -211,6 +214,7 @@ impl Default for WorkerOptions {
             idle_refresh: Duration::from_secs(25 * 60),
             on_ticket: None,
             fence: None,
+            limits: SessionLimits::default(),
         }
     }
 }
@@ -229,6 +233,12 @@ impl WorkerHandle {
         let _ = self.shutdown.send(true);
         let _ = self.join.await;
     }
+}
+
+/// The least wait after a server turned a sign-in away as throttled: 30 to
+/// 60 s, drawn at random so that the mailboxes of one account spread out.
+fn throttled_wait() -> Duration {
+    Duration::from_secs(30).mul_f64(1.0 + fastrand::f64())
 }
 
 /// Why a session ended early.
@@ -310,17 +320,63 @@ impl Worker {
         }
     }
 
+    /// One of the account's sessions, waiting (and saying so) while other
+    /// resources hold them all; none when asked to stop meanwhile.
+    async fn session_slot(&mut self) -> Option<SessionSlot> {
+        let limits = self.options.limits.clone();
+        let server = &self.settings.server;
+        let account = format!(
+            "{:?}:{}@{}:{}",
+            self.settings.protocol,
+            server.credentials.username(),
+            server.endpoint.host,
+            server.endpoint.port
+        )
+        .to_lowercase();
+        let provider = server.provider;
+        let cap = match limits.try_session(&account, provider) {
+            Ok(slot) => return Some(slot),
+            Err(cap) => cap,
+        };
+        let failure = Failure::new(
+            Reason::SessionLimit,
+            format!(
+                "all {cap} sessions this account allows on {} are in use by other resources signed in as {}; waiting for one to end",
+                server.endpoint.host,
+                server.credentials.username()
+            ),
+        );
+        self.emit(WorkerEvent::ConnectionFailed {
+            report: Probe::new().finish(Err(failure)),
+            retry_in: Duration::ZERO,
+        });
+        tokio::select! {
+            slot = limits.session(&account, provider) => Some(slot),
+            _ = self.shutdown.changed() => None,
+        }
+    }
+
     async fn run(mut self) {
         while !self.stopping() {
+            let Some(slot) = self.session_slot().await else {
+                break;
+            };
             let outcome = match self.settings.protocol {
                 IncomingProtocol::Imap => self.imap_session().await,
                 IncomingProtocol::Pop3 => self.pop3_session().await,
             };
+            // Not held through the backoff: another resource may use it.
+            drop(slot);
             let end = match outcome {
                 Ok(()) => continue,
                 Err(end) => end,
             };
-            let retry_in = self.backoff.next();
+            let mut retry_in = self.backoff.next();
+            if let SessionEnd::Connect(report) = &end
+                && report.reason == Reason::Throttled
+            {
+                retry_in = retry_in.max(throttled_wait());
+            }
             match end {
                 SessionEnd::Connect(report) => self.emit(WorkerEvent::ConnectionFailed {
                     report: *report,

@@ -13,6 +13,7 @@ use crate::vocab::{AfterProcessing, ConnectionStage};
 impl Worker {
     pub(super) async fn pop3_session(&mut self) -> Result<(), SessionEnd> {
         let mut probe = Probe::new();
+        let turn = self.options.limits.connecting().await;
         let mut pop = match Pop3::connect(&self.settings.server, &mut probe).await {
             Ok(p) => p,
             Err(f) => return Err(SessionEnd::Connect(Box::new(probe.finish(Err(f))))),
@@ -20,6 +21,7 @@ impl Worker {
         if let Err(f) = probe.stage(ConnectionStage::Mailbox, pop.stat()).await {
             return Err(SessionEnd::Connect(Box::new(probe.finish(Err(f)))));
         }
+        drop(turn);
         self.emit(WorkerEvent::Connected(probe.finish(Ok(()))));
         self.backoff.reset();
         self.emit(WorkerEvent::Scanning(Scanning::Polling {

@@ -1,0 +1,96 @@
+//! Resources that sign in to one account share its session cap, against the
+//! real Dovecot: the ones without a free session wait (and say why) instead
+//! of being refused by the server.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mailroom::api::{IncomingProtocol, SecurityType};
+use mailroom_core::connection::Reason;
+use mailroom_core::connection::limits::SessionLimits;
+use mailroom_core::incoming::worker::{Worker, WorkerEvent, WorkerHandle, WorkerOptions};
+use mailroom_core::sinks::{DirectorySink, Sink};
+use mailroom_core::state::FileCursorStore;
+use support::{incoming_spec, resolve};
+use testbed::Stack;
+use tokio::sync::mpsc;
+
+async fn next(events: &mut mpsc::UnboundedReceiver<WorkerEvent>) -> WorkerEvent {
+    tokio::time::timeout(Duration::from_secs(20), events.recv())
+        .await
+        .expect("no worker event within 20 s")
+        .expect("the worker ended")
+}
+
+/// Whether the worker's next connection event is Connected (else the reason).
+async fn connected(events: &mut mpsc::UnboundedReceiver<WorkerEvent>) -> Result<(), Reason> {
+    loop {
+        match next(events).await {
+            WorkerEvent::Connected(_) => return Ok(()),
+            WorkerEvent::ConnectionFailed { report, .. } => return Err(report.reason),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn resources_of_one_account_share_its_session_cap_and_the_third_waits_for_a_free_one() {
+    let stack = Stack::shared();
+    let user = stack.create_user("capped").unwrap();
+    let (spec, secrets) = incoming_spec(stack, &user, IncomingProtocol::Imap, SecurityType::Ssl);
+    let settings = resolve(&spec, &secrets);
+    let options = WorkerOptions {
+        limits: SessionLimits::new(4, Some(2)),
+        ..WorkerOptions::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut workers: Vec<(WorkerHandle, mpsc::UnboundedReceiver<WorkerEvent>)> = Vec::new();
+    for i in 0..3 {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let handle = Worker::spawn(
+            settings.clone(),
+            Arc::new(Sink::Directory(
+                DirectorySink::open(dir.path().join(format!("t{i}"))).unwrap(),
+            )),
+            Arc::new(FileCursorStore::new(dir.path().join(format!("s{i}")))),
+            Arc::new(tx),
+            options.clone(),
+        );
+        let outcome = connected(&mut events).await;
+        if i < 2 {
+            assert_eq!(outcome, Ok(()), "worker {i}");
+        } else {
+            assert_eq!(
+                outcome,
+                Err(Reason::SessionLimit),
+                "the third resource is told it waits for a session"
+            );
+        }
+        workers.push((handle, events));
+    }
+    let imap_sessions = || {
+        stack
+            .sessions(&user.address)
+            .unwrap()
+            .iter()
+            .filter(|(service, _)| service == "imap")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while imap_sessions() != 2 {
+        assert!(Instant::now() < deadline, "{} sessions", imap_sessions());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // One resource goes: the waiting one takes its session.
+    let (first, _) = workers.remove(0);
+    first.stop().await;
+    let (_, waiting) = workers.last_mut().unwrap();
+    assert_eq!(connected(waiting).await, Ok(()));
+    assert!(imap_sessions() <= 2, "{} sessions", imap_sessions());
+    for (w, _) in workers {
+        w.stop().await;
+    }
+}
