@@ -3,7 +3,8 @@
 //! waits until every one idles, and prints the process's resident memory and
 //! its CPU use while idle, beside the same process before the workers started.
 //!
-//!     cargo bench --bench scale            (MAILBOXES=N to change the count)
+//!     cargo bench --bench scale            (MAILBOXES=N to change the count,
+//!                                           SIGN_INS=N for sign-ins at once)
 
 mod support;
 
@@ -11,11 +12,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use mailroom_core::incoming::worker::{Scanning, Worker, WorkerEvent, WorkerOptions};
+use mailroom_core::connection::limits::SessionLimits;
+use mailroom_core::incoming::worker::{Observer, Scanning, Worker, WorkerEvent, WorkerOptions};
 use mailroom_core::sinks::{DirectorySink, Sink};
 use mailroom_core::state::FileCursorStore;
 use support::Secrets;
 use testbed::{Options, Stack};
+
+/// Counts the workers that reached IDLE, as a runtime follows its worker:
+/// in place, without a channel per worker.
+struct IdleCounter(Arc<AtomicUsize>);
+
+impl Observer for IdleCounter {
+    fn observe(&self, event: WorkerEvent) {
+        if matches!(event, WorkerEvent::Scanning(Scanning::Idle)) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
 
 /// Resident memory of this process, in KiB.
 fn rss_kib() -> u64 {
@@ -51,7 +65,13 @@ async fn main() {
         },
     )
     .unwrap();
-    let stack = Stack::start(Options::default()).unwrap();
+    // Dovecot tuned to hold them all (a login process per TLS session, as by
+    // default, would be 2 processes per mailbox).
+    let stack = Stack::start(Options {
+        sessions: Some(count + 100),
+        ..Options::default()
+    })
+    .unwrap();
     let users: Vec<_> = (0..count)
         .map(|_| stack.create_user("scale").unwrap())
         .collect();
@@ -61,6 +81,11 @@ async fn main() {
     ));
     let store = Arc::new(FileCursorStore::new(out.path().join("state")));
     let idle = Arc::new(AtomicUsize::new(0));
+    // Sign-ins at once: the product's default unless SIGN_INS says otherwise.
+    let limits = match std::env::var("SIGN_INS").ok().and_then(|v| v.parse().ok()) {
+        Some(n) => SessionLimits::new(n, None),
+        None => SessionLimits::default(),
+    };
     let before = rss_kib();
 
     let began = Instant::now();
@@ -84,21 +109,15 @@ async fn main() {
             support::sources(&secrets),
         )
         .unwrap();
-        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-        let counter = idle.clone();
-        tokio::spawn(async move {
-            while let Some(e) = events.recv().await {
-                if matches!(e, WorkerEvent::Scanning(Scanning::Idle)) {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
         handles.push(Worker::spawn(
             settings,
             sink.clone(),
             store.clone(),
-            Arc::new(tx),
-            WorkerOptions::default(),
+            Arc::new(IdleCounter(idle.clone())),
+            WorkerOptions {
+                limits: limits.clone(),
+                ..WorkerOptions::default()
+            },
         ));
     }
     while idle.load(Ordering::Relaxed) < count {
@@ -120,6 +139,8 @@ async fn main() {
     let window = Duration::from_secs(10);
     tokio::time::sleep(window).await;
     let used = cpu_ticks() - ticks;
+    // Each session announces IDLE once: more means sessions were lost.
+    let sessions = idle.load(Ordering::Relaxed);
     println!(
         "resident memory: {:.1} MiB with {count} idling workers ({:.1} MiB before them; {:.0} KiB per mailbox)",
         after as f64 / 1024.0,
@@ -127,7 +148,7 @@ async fn main() {
         (after - before) as f64 / count as f64
     );
     println!(
-        "CPU while idle: {:.2} % of one core over {} s",
+        "CPU while idle: {:.2} % of one core over {} s; sessions started: {sessions} (one per mailbox: none lost)",
         used as f64 / window.as_secs_f64(),
         window.as_secs()
     );

@@ -12,6 +12,17 @@ use kube::{Api, Client};
 use mailroom_core::state::{Cursor, CursorStore, StateError, StoreFuture};
 
 const KEY: &str = "cursor.json";
+/// The most a cursor may take: a ConfigMap holds 1 MiB with its metadata.
+const MAX_BYTES: usize = 1_000_000;
+
+/// Why a cursor cannot be saved when it has outgrown its ConfigMap: only a
+/// POP3 cursor can, by the messages processed and kept on the server.
+fn too_large(cursor: &Cursor, bytes: usize) -> String {
+    format!(
+        "the cursor takes {bytes} bytes, more than the {MAX_BYTES} a ConfigMap holds: the POP3 server keeps {} processed messages. Let mailroom delete them (afterProcessing: Delete), move them off the server, or read the mailbox over IMAP; until then new mail is fetched again each pass and no ticket is made twice",
+        cursor.pop3_seen.len()
+    )
+}
 
 /// The ConfigMap name of a resource's cursor.
 pub(crate) fn config_map_name(resource: &str) -> String {
@@ -92,6 +103,9 @@ impl CursorStore for ConfigMapCursorStore {
     fn save<'a>(&'a self, _key: &'a str, cursor: &'a Cursor) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let text = serde_json::to_string(cursor).map_err(|e| self.error(false, e))?;
+            if text.len() > MAX_BYTES {
+                return Err(self.error(false, too_large(cursor, text.len())));
+            }
             let body = serde_json::json!({
                 "apiVersion": "v1",
                 "kind": "ConfigMap",
@@ -115,5 +129,31 @@ impl CursorStore for ConfigMapCursorStore {
                 .map(drop)
                 .map_err(|e| self.error(false, e))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pop3_cursor_fits_some_ninety_thousand_messages_then_says_what_to_do() {
+        let uidls: Vec<String> = (0..150_000)
+            .map(|i| format!("UID{i:08}-1701234567.M123456P7890.mail.example.org"))
+            .collect();
+        let fits = |n: usize| {
+            let cursor = Cursor {
+                pop3_seen: uidls[..n].iter().map(String::as_str).collect(),
+                ..Cursor::default()
+            };
+            let bytes = serde_json::to_string(&cursor).unwrap().len();
+            (bytes <= MAX_BYTES, bytes, cursor)
+        };
+        assert!(fits(90_000).0, "{} bytes", fits(90_000).1);
+        let (fit, bytes, cursor) = fits(100_000);
+        assert!(!fit);
+        let message = too_large(&cursor, bytes);
+        assert!(message.contains("100000 processed messages"), "{message}");
+        assert!(message.contains("afterProcessing: Delete"), "{message}");
     }
 }

@@ -1,5 +1,6 @@
 //! An IncomingEmailServer's spec, resolved into what its worker runs with.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use regex::Regex;
@@ -16,6 +17,7 @@ use mailroom_core::incoming::settings::{
 };
 use mailroom_core::outgoing::ack::AckSettings;
 use mailroom_core::sinks::{DirectorySink, Sink, WebhookSink};
+use mailroom_core::sync::unpoisoned;
 use mailroom_core::vocab::{AfterProcessing, IncomingProtocol, ResourceId};
 
 /// Everything a fetch worker is started with.
@@ -102,7 +104,7 @@ pub fn incoming_settings(
         .reference_pattern
         .as_deref()
         .unwrap_or(DEFAULT_REFERENCE_PATTERN);
-    let reference = Regex::new(pattern).map_err(|e| {
+    let reference = compiled(pattern).map_err(|e| {
         invalid(
             "ticket.referencePattern",
             format!("{pattern:?} is not a valid regular expression: {e}"),
@@ -187,4 +189,25 @@ fn sink(
             )),
         },
     }
+}
+
+/// Compiled reference patterns, shared: a compiled pattern holds about 30 KiB
+/// of automata, and most resources use the default one. A clone shares the
+/// compiled program (each clone keeps only its own small matching caches).
+fn compiled(pattern: &str) -> Result<Regex, regex::Error> {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<HashMap<String, Regex>>> =
+        std::sync::OnceLock::new();
+    // Distinct patterns are few; a bound keeps a stream of edits from growing it.
+    const MAX: usize = 1024;
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(r) = unpoisoned(cache).get(pattern) {
+        return Ok(r.clone());
+    }
+    let regex = Regex::new(pattern)?;
+    let mut cache = unpoisoned(cache);
+    if cache.len() >= MAX {
+        cache.clear();
+    }
+    cache.insert(pattern.to_owned(), regex.clone());
+    Ok(regex)
 }

@@ -162,6 +162,10 @@ pub struct Options {
     pub xoauth2_only: bool,
     /// How Dovecot stores mail.
     pub mail_store: MailStore,
+    /// Tune Dovecot to hold this many IMAP sessions at once (login processes
+    /// that each proxy many TLS sessions, mail processes that each serve many
+    /// users); none: one process per session, the default.
+    pub sessions: Option<usize>,
 }
 
 /// Dovecot's mail storage format.
@@ -208,6 +212,7 @@ pub struct Stack {
     next_user: AtomicU32,
     oauth: oauth::OAuthProvider,
     xoauth2_only: bool,
+    sessions: Option<usize>,
     mail_store: MailStore,
 }
 
@@ -349,6 +354,7 @@ impl Stack {
             next_user: AtomicU32::new(1),
             oauth: oauth::OAuthProvider::start()?,
             xoauth2_only: options.xoauth2_only,
+            sessions: options.sessions,
             mail_store: options.mail_store,
         };
         stack.configure()?;
@@ -418,10 +424,22 @@ impl Stack {
                 .to_owned(),
             ),
         ];
-        fs::write(
-            d.join("dovecot.conf"),
-            render(include_str!("../templates/dovecot.conf"), &vars),
-        )?;
+        let mut dovecot = render(include_str!("../templates/dovecot.conf"), &vars);
+        if let Some(n) = self.sessions {
+            const PER_PROCESS: usize = 250;
+            let processes = n.div_ceil(PER_PROCESS) + 4;
+            dovecot.push_str(&render(
+                include_str!("../templates/dovecot-many.conf"),
+                &[
+                    ("SESSIONS", n.to_string()),
+                    ("PER_PROCESS", PER_PROCESS.to_string()),
+                    ("PROCESSES", processes.to_string()),
+                    // Every login and mail process of every service may ask.
+                    ("AUTH_CLIENTS", (n + 2 * 2048 + 4 * processes).to_string()),
+                ],
+            ));
+        }
+        fs::write(d.join("dovecot.conf"), dovecot)?;
         fs::write(
             d.join("dovecot-oauth2.conf.ext"),
             render(include_str!("../templates/dovecot-oauth2.conf.ext"), &vars),

@@ -1,12 +1,15 @@
 //! Durable fetch cursors behind a small interface: a file implementation here,
 //! one backed by the cluster in the controller.
 
-use std::collections::BTreeSet;
+mod uidls;
+
 use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+pub use uidls::UidlSet;
 
 /// How far a mailbox has been processed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,14 +19,14 @@ pub struct Cursor {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imap: Option<ImapCursor>,
     /// POP3: the UIDLs of messages already processed that are still on the server.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub pop3_seen: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "UidlSet::is_empty")]
+    pub pop3_seen: UidlSet,
     /// POP3: those of `pop3_seen` left on the server on purpose (oversized,
     /// unparseable, or refused by the sink). With `afterProcessing: Delete`
     /// every other seen message still on the server is deleted: its DELE was
     /// lost (the session ended before QUIT committed it).
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub pop3_kept: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "UidlSet::is_empty")]
+    pub pop3_kept: UidlSet,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,8 +144,8 @@ mod tests {
                 uid_validity: 7,
                 last_uid: 42,
             }),
-            pop3_seen: ["a".to_owned()].into(),
-            pop3_kept: ["a".to_owned()].into(),
+            pop3_seen: ["a"].into_iter().collect(),
+            pop3_kept: ["a"].into_iter().collect(),
         };
         store.save("helpdesk/support", &cursor).await.unwrap();
         assert_eq!(store.load("helpdesk/support").await.unwrap(), Some(cursor));

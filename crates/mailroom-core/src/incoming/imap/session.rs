@@ -241,6 +241,10 @@ impl ImapMailbox {
             caps,
             created,
         } = self;
+        // Responses the server volunteered during the last commands (EXISTS,
+        // FLAGS, …): the worker finds new mail by UID search and never reads
+        // them, and each one holds its 4 KiB read buffer while queued.
+        while session.unsolicited_responses.try_recv().is_ok() {}
         let mut handle = session.idle();
         within(io, "starting IDLE", async {
             handle

@@ -2,7 +2,7 @@
 //! and deliver it in batches, DELE what afterProcessing says, QUIT to commit,
 //! then wait for the next poll.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use super::{Scanning, SessionEnd, Worker, WorkerEvent};
 use crate::connection::Probe;
@@ -33,9 +33,9 @@ impl Worker {
         let uidl = pop.uidl().await?;
         let sizes: HashMap<u32, u64> = pop.list().await?.into_iter().collect();
         // Forget messages that are gone from the server: the sets stay small.
-        let present: HashSet<&str> = uidl.iter().map(|(_, u)| u.as_str()).collect();
-        cursor.pop3_seen.retain(|u| present.contains(u.as_str()));
-        cursor.pop3_kept.retain(|u| present.contains(u.as_str()));
+        let present = || uidl.iter().map(|(_, u)| u.as_str());
+        cursor.pop3_seen.retain_present(present());
+        cursor.pop3_kept.retain_present(present());
         let delete = self.settings.after_processing == AfterProcessing::Delete && !self.dry_run();
         if delete {
             // Processed in an earlier session whose DELE was never committed:
@@ -66,7 +66,7 @@ impl Worker {
                 let size = sizes.get(n).copied().unwrap_or(0);
                 if size > max {
                     self.quarantined(format!("POP3 message {uid} of {size} bytes is over maxMessageSize ({max} bytes): skipped, left on the server"));
-                    cursor.pop3_kept.insert(uid.clone());
+                    cursor.pop3_kept.insert(uid);
                     continue;
                 }
                 let raw = pop.retr(*n, size).await?;
@@ -84,7 +84,7 @@ impl Worker {
                         self.quarantined(format!(
                             "POP3 message {uid}: {e}: skipped, left on the server"
                         ));
-                        cursor.pop3_kept.insert(uid.clone());
+                        cursor.pop3_kept.insert(uid);
                     }
                 }
             }
@@ -95,7 +95,7 @@ impl Worker {
                 let refused = (0..numbers.len()).filter(|i| !accepted.contains(i));
                 cursor
                     .pop3_kept
-                    .extend(refused.map(|i| numbers[i].1.clone()));
+                    .extend(refused.map(|i| numbers[i].1.as_str()));
                 if delete {
                     let done = accepted.iter().map(|i| numbers[*i].0).chain(rejected);
                     for n in done {
@@ -107,7 +107,7 @@ impl Worker {
             // by the sink, or skipped. None is taken again.
             cursor
                 .pop3_seen
-                .extend(chunk.iter().map(|(_, uid)| uid.clone()));
+                .extend(chunk.iter().map(|(_, uid)| uid.as_str()));
             self.save_cursor(&cursor).await?;
         }
         // QUIT commits the deletions.
