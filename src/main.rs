@@ -25,7 +25,7 @@ struct Cli {
     log_format: LogFormat,
     /// Mailbox sign-ins (TCP, TLS, login) in progress at once; the rest wait
     /// their turn (a start-up, or a server back after an outage).
-    #[arg(long, value_name = "N", default_value_t = 16, global = true)]
+    #[arg(long, value_name = "N", default_value_t = 64, global = true)]
     max_concurrent_sign_ins: usize,
     /// Sessions one account may have open at once, shared by every resource
     /// that signs in to it (default: Gmail 15, Microsoft 365 20, others none).

@@ -20,7 +20,7 @@ use crate::sync::unpoisoned;
 use crate::vocab::Provider;
 
 /// Defaults: sign-ins at once, and no per-account cap beyond the providers'.
-const CONNECTING: usize = 16;
+const CONNECTING: usize = 64;
 
 /// The limits of one process (or of one test).
 #[derive(Clone, Debug)]
