@@ -16,26 +16,8 @@ mod test_support;
 
 use std::time::{Duration, Instant};
 
-use test_support::cluster::{Cluster, NS, chart_rbac};
+use test_support::cluster::{Cluster, chart_rbac, mailboxes_yaml};
 use testbed::{Options, Stack};
-
-fn manifests(stack: &Stack, users: &[testbed::User]) -> String {
-    let mut out = stack.ca_secret_yaml("ca", NS);
-    out.push_str(&format!(
-        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: passwords, namespace: {NS}}}\nstringData:\n"
-    ));
-    for (i, u) in users.iter().enumerate() {
-        out.push_str(&format!("  p{i}: {:?}\n", u.password));
-    }
-    for (i, u) in users.iter().enumerate() {
-        out.push_str(&format!(
-            "---\napiVersion: mailroom.dev/v1alpha1\nkind: IncomingEmailServer\nmetadata: {{name: box-{i}, namespace: {NS}}}\nspec:\n  email: {}\n  provider: Other\n  server: 127.0.0.1\n  port: {}\n  securityType: SSL\n  auth: {{passwordSecretRef: {{name: passwords, key: p{i}}}}}\n  tls: {{caSecretRef: {{name: ca, key: ca.crt}}}}\n",
-            u.address,
-            stack.ports().imaps
-        ));
-    }
-    out
-}
 
 fn connected(cluster: &Cluster, replica: usize) -> usize {
     cluster.replicas[replica]
@@ -61,7 +43,7 @@ fn measure(count: usize) {
     let mut cluster = Cluster::start(chart_rbac());
     let out = cluster.kubectl(
         &["apply", "--server-side", "-f", "-"],
-        Some(&manifests(&stack, &users)),
+        Some(&mailboxes_yaml(&stack, &users, |_| None)),
     );
     assert!(
         out.status.success(),

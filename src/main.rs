@@ -127,7 +127,8 @@ enum Command {
         /// its workers and stands by; shorter than the lease duration.
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
         renew_deadline: u64,
-        /// Seconds between attempts to take or renew the Lease.
+        /// Seconds between a standby's attempts to take the Lease; the leader
+        /// renews every two.
         #[arg(long, value_name = "SECONDS", default_value_t = 1)]
         retry_period: u64,
         /// This replica's name in the Lease.

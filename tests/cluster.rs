@@ -605,14 +605,24 @@ fn a_steady_cluster_costs_the_api_server_no_reads_and_a_changed_ca_config_map_re
     std::thread::sleep(Duration::from_secs(6));
     let resynced = reconciles(&cluster.replicas[0]) - before;
     assert!(resynced >= 3, "only {resynced} resyncs in 6 s");
-    let requests: Vec<Logged> = cluster.requests_of_controller()[seen..]
+    let window = cluster.requests_of_controller()[seen..].to_vec();
+    let requests: Vec<&Logged> = window
         .iter()
         .filter(|r| r.verb != "watch" && !r.resource.starts_with("leases"))
-        .cloned()
         .collect();
     assert!(
         requests.is_empty(),
         "{resynced} resyncs of a steady cluster made requests: {requests:#?}"
+    );
+    // The leader renews every two seconds, each renewal one write.
+    let lease: Vec<&str> = window
+        .iter()
+        .filter(|r| r.resource.starts_with("leases"))
+        .map(|r| r.verb.as_str())
+        .collect();
+    assert!(
+        lease.iter().all(|v| *v == "update") && (2..=4).contains(&lease.len()),
+        "Lease requests in 6 s: {lease:?}"
     );
 
     // A CA bundle that no longer holds the server's CA: the watch sees the

@@ -58,9 +58,11 @@ impl ElectionConfig {
                 self.renew_deadline, self.lease_duration
             ));
         }
-        if self.retry_period >= self.renew_deadline {
+        // The leader renews every two retry periods: at least one renewal
+        // must fall within the deadline.
+        if self.retry_period * 2 >= self.renew_deadline {
             return Err(format!(
-                "the retry period ({:?}) must be shorter than the renew deadline ({:?})",
+                "twice the retry period ({:?}) must be shorter than the renew deadline ({:?})",
                 self.retry_period, self.renew_deadline
             ));
         }
@@ -107,6 +109,9 @@ pub struct Elector {
     config: ElectionConfig,
     /// The record last seen and when, on our clock.
     observed: Option<(Record, Instant)>,
+    /// The Lease as our last successful write left it: renewing from it is
+    /// one request (a conflict sends the next attempt back to reading).
+    written: Option<Lease>,
 }
 
 impl Elector {
@@ -115,6 +120,7 @@ impl Elector {
             api: Api::namespaced(client, &config.namespace),
             config,
             observed: None,
+            written: None,
         }
     }
 
@@ -160,10 +166,23 @@ impl Elector {
         }
     }
 
-    /// One attempt to take or renew the Lease.
+    /// One attempt to take or renew the Lease: a renewal is written from the
+    /// Lease as we last wrote it, and only when someone else wrote it since
+    /// (a conflict) is it read and judged anew.
     pub async fn try_acquire_or_renew(&mut self) -> Result<Outcome, kube::Error> {
-        let now = MicroTime(jiff::Timestamp::now());
+        if let Some(ours) = self.written.take() {
+            match self.write_from(Some(ours)).await? {
+                Outcome::Lost => {}
+                outcome => return Ok(outcome),
+            }
+        }
         let current = self.api.get_opt(&self.config.name).await?;
+        self.write_from(current).await
+    }
+
+    /// Takes or renews the Lease as `current` shows it (none: not created yet).
+    async fn write_from(&mut self, current: Option<Lease>) -> Result<Outcome, kube::Error> {
+        let now = MicroTime(jiff::Timestamp::now());
         let result = match current {
             None => {
                 let lease = Lease {
@@ -191,6 +210,7 @@ impl Elector {
         match result {
             Ok(lease) => {
                 self.observe(Record::of(lease.spec.as_ref()));
+                self.written = Some(lease);
                 Ok(Outcome::Held)
             }
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(Outcome::Lost),
@@ -201,6 +221,7 @@ impl Elector {
     /// Gives the Lease up if we hold it: no holder, so that a standby takes
     /// it at its next attempt instead of waiting out the duration.
     pub async fn release(&mut self) -> Result<(), kube::Error> {
+        self.written = None;
         let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
             return Ok(());
         };
@@ -250,7 +271,9 @@ impl Elector {
         }
     }
 
-    /// While we lead: renews every retry period. Returns when `release` is
+    /// While we lead: renews every two retry periods (standbys try every
+    /// one, so that a released Lease is taken at once), each renewal a single
+    /// write from the Lease as we last wrote it. Returns when `release` is
     /// asked for (after giving the Lease up), or as soon as leadership is lost:
     /// another holder seen, or no renewal within the renew deadline — each
     /// attempt is cut off at the deadline, so a hanging API server cannot
@@ -259,7 +282,7 @@ impl Elector {
         let mut renewed = Instant::now();
         loop {
             let released = tokio::select! {
-                _ = tokio::time::sleep(self.config.retry_period) => false,
+                _ = tokio::time::sleep(self.config.retry_period * 2) => false,
                 _ = release.wait_for(|r| *r) => true,
             };
             if released {

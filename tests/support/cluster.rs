@@ -443,3 +443,30 @@ impl Cluster {
         assert_eq!(self.ticket_count(), sent, "a message became two tickets");
     }
 }
+
+/// The CA Secret, one Secret with every password, and an IncomingEmailServer
+/// `box-N` per user (over IMAPS), labelled for the shard `shard(N)` names.
+pub fn mailboxes_yaml(
+    stack: &Stack,
+    users: &[testbed::User],
+    shard: impl Fn(usize) -> Option<String>,
+) -> String {
+    let mut out = stack.ca_secret_yaml("ca", NS);
+    out.push_str(&format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: passwords, namespace: {NS}}}\nstringData:\n"
+    ));
+    for (i, u) in users.iter().enumerate() {
+        out.push_str(&format!("  p{i}: {:?}\n", u.password));
+    }
+    for (i, u) in users.iter().enumerate() {
+        let labels = shard(i)
+            .map(|s| format!(", labels: {{mailroom.dev/shard: {s}}}"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "---\napiVersion: mailroom.dev/v1alpha1\nkind: IncomingEmailServer\nmetadata: {{name: box-{i}, namespace: {NS}{labels}}}\nspec:\n  email: {}\n  provider: Other\n  server: 127.0.0.1\n  port: {}\n  securityType: SSL\n  auth: {{passwordSecretRef: {{name: passwords, key: p{i}}}}}\n  tls: {{caSecretRef: {{name: ca, key: ca.crt}}}}\n",
+            u.address,
+            stack.ports().imaps
+        ));
+    }
+    out
+}
