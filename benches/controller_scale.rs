@@ -8,7 +8,9 @@
 //! - with SHARDS=2, half the resources are labelled for shard `b`, served by
 //!   a second controller with its own Lease; figures per shard.
 //!
-//!     cargo bench --bench controller_scale   (RESOURCES=5000, SHARDS=1|2, WINDOW=300)
+//!     cargo bench --bench controller_scale
+//!
+//! Settings: RESOURCES=5000, SHARDS=1|2, WINDOW=300 (seconds), RESYNC=600.
 
 #[path = "../tests/support/mod.rs"]
 mod test_support;
@@ -85,7 +87,14 @@ fn main() {
         })
         .collect();
     let sink = cluster.tickets();
-    let sink_args = ["--default-sink-dir", sink.to_str().unwrap()];
+    // RESYNC=N seconds puts resyncs into the window (default: the product's 600).
+    let resync = env("RESYNC", 600).to_string();
+    let sink_args = [
+        "--default-sink-dir",
+        sink.to_str().unwrap(),
+        "--resync",
+        resync.as_str(),
+    ];
 
     let started = Instant::now();
     cluster.start_controller("main", &sink_args);
@@ -127,7 +136,7 @@ fn main() {
     }
     let total: usize = by.values().sum();
     println!(
-        "steady state over {} s, {} controller(s): {:.2} requests/s (watches excluded)",
+        "steady state over {} s, {} controller(s), resync every {resync} s: {:.2} requests/s (watches excluded)",
         window.as_secs(),
         shards,
         total as f64 / window.as_secs_f64()
