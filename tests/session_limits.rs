@@ -94,3 +94,43 @@ async fn resources_of_one_account_share_its_session_cap_and_the_third_waits_for_
         w.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_pop3_resource_lets_its_session_go_between_passes() {
+    let stack = Stack::shared();
+    let user = stack.create_user("pop-capped").unwrap();
+    let (mut spec, secrets) =
+        incoming_spec(stack, &user, IncomingProtocol::Pop3, SecurityType::Ssl);
+    // Passes ten minutes apart: a session held through the wait would keep
+    // the other resource out for that long.
+    spec.scan_interval = Duration::from_secs(600).into();
+    let settings = resolve(&spec, &secrets);
+    let options = WorkerOptions {
+        limits: SessionLimits::new(4, Some(1)),
+        ..WorkerOptions::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let handle = Worker::spawn(
+            settings.clone(),
+            Arc::new(Sink::Directory(
+                DirectorySink::open(dir.path().join(format!("t{i}"))).unwrap(),
+            )),
+            Arc::new(FileCursorStore::new(dir.path().join(format!("s{i}")))),
+            Arc::new(tx),
+            options.clone(),
+        );
+        // The second may first be told to wait; it must connect all the same.
+        let mut outcome = connected(&mut events).await;
+        if outcome == Err(Reason::SessionLimit) {
+            outcome = connected(&mut events).await;
+        }
+        assert_eq!(outcome, Ok(()), "POP3 resource {i}");
+        workers.push((handle, events));
+    }
+    for (w, _) in workers {
+        w.stop().await;
+    }
+}

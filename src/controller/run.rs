@@ -455,7 +455,8 @@ where
     // shard) gives up its worker and its claim at once.
     let follow_leaving = {
         let ctx = ctx.clone();
-        tokio::spawn(stream_of(left_rx).for_each(move |id| {
+        // Many mailboxes relabelled at once stop together, not one by one.
+        tokio::spawn(stream_of(left_rx).for_each_concurrent(None, move |id| {
             let ctx = ctx.clone();
             async move { ctx.release_incoming(&id).await }
         }))

@@ -365,9 +365,17 @@ impl Worker {
                 IncomingProtocol::Imap => self.imap_session().await,
                 IncomingProtocol::Pop3 => self.pop3_session().await,
             };
-            // Not held through the backoff: another resource may use it.
+            // Not held through the backoff or a POP3 poll's wait: another
+            // resource may use it.
             drop(slot);
             let end = match outcome {
+                // POP3 signs out after each pass and waits for the next.
+                Ok(()) if self.settings.protocol == IncomingProtocol::Pop3 => {
+                    if self.pause(self.settings.scan_interval).await {
+                        break;
+                    }
+                    continue;
+                }
                 Ok(()) => continue,
                 Err(end) => end,
             };

@@ -112,7 +112,6 @@ impl Worker {
         }
         // QUIT commits the deletions.
         pop.quit().await?;
-        self.pause(self.settings.scan_interval).await;
         Ok(())
     }
 }
