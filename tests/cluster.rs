@@ -270,6 +270,8 @@ fn a_resource_gone_without_its_cleanup_loses_its_worker_within_one_sweep() {
     // removed by hand and the resource deleted, and its watch history gone.
     let token = cluster.replicas[0].token.clone();
     cluster.api.faults().partition(&token);
+    // Its open watches end too: it must not see the deletion as an event.
+    cluster.api.drop_watches();
     for args in [
         &[
             "patch",
