@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -174,6 +175,13 @@ impl Context {
             written_at: std::sync::Mutex::default(),
             writes: p.writes,
         }
+    }
+
+    /// Whether this controller writes the object's finalizer, status and
+    /// events: it leads, and the object's shard label is its shard's (every
+    /// replica follows every OutgoingEmailServer to send for it).
+    fn writes_for(&self, meta: &ObjectMeta) -> bool {
+        self.writes && self.shard.handles(meta)
     }
 
     /// From addresses of the namespace's OutgoingEmailServers.
@@ -389,7 +397,7 @@ where
     let (id, uid) = identity(obj.as_ref())?;
     ctx.reconciles
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if !ctx.writes || !ctx.shard.handles(obj.meta()) {
+    if !ctx.writes_for(obj.meta()) {
         // A standby, or a controller of another shard (every replica keeps
         // every sender), follows the object without touching it.
         return if obj.meta().deletion_timestamp.is_some() {

@@ -93,7 +93,7 @@ pub(super) async fn write_incoming(
     obj: &IncomingEmailServer,
 ) -> Result<Action, Error> {
     let (id, _) = identity(obj)?;
-    if !ctx.writes || !ctx.shard.handles(&obj.metadata) {
+    if !ctx.writes_for(&obj.metadata) {
         return Ok(Action::await_change());
     }
     // The engine is released before the API call: a slow write holds nobody.
@@ -122,7 +122,7 @@ pub(super) async fn write_outgoing(
     obj: &OutgoingEmailServer,
 ) -> Result<Action, Error> {
     let (id, _) = identity(obj)?;
-    if !ctx.writes || !ctx.shard.handles(&obj.metadata) {
+    if !ctx.writes_for(&obj.metadata) {
         return Ok(Action::await_change());
     }
     let others: Vec<String> = if obj.spec.primary {
