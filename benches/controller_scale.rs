@@ -45,15 +45,6 @@ fn main() {
     let count = env("RESOURCES", 5000);
     let shards = env("SHARDS", 1).clamp(1, 2);
     let window = Duration::from_secs(env("WINDOW", 300) as u64);
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    rustix::process::setrlimit(
-        rustix::process::Resource::Nofile,
-        rustix::process::Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        },
-    )
-    .unwrap();
     let stack = Stack::start(Options {
         sessions: Some(count + 100),
         ..Options::default()

@@ -93,15 +93,7 @@ fn measure(count: usize) {
 
 fn main() {
     // One socket per mailbox in the controllers, which inherit this limit.
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    rustix::process::setrlimit(
-        rustix::process::Resource::Nofile,
-        rustix::process::Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        },
-    )
-    .unwrap();
+    testbed::raise_fd_limit().unwrap();
     let counts: Vec<usize> = std::env::var("FAILOVER_MAILBOXES")
         .unwrap_or_else(|_| "1,100,1000".into())
         .split(',')

@@ -55,16 +55,6 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    // One socket per mailbox, plus the rest.
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    rustix::process::setrlimit(
-        rustix::process::Resource::Nofile,
-        rustix::process::Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        },
-    )
-    .unwrap();
     // Dovecot tuned to hold them all (a login process per TLS session, as by
     // default, would be 2 processes per mailbox).
     let stack = Stack::start(Options {

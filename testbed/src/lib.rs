@@ -76,6 +76,22 @@ pub enum Error {
     },
 }
 
+/// Raises this process's open-file limit to its hard limit, for the servers
+/// it starts (which inherit it) and for its own sockets: many mailboxes mean
+/// a socket each on both sides.
+pub fn raise_fd_limit() -> Result<(), Error> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    )
+    .map_err(|e| Error::Setup(format!("cannot raise the open-file limit: {e}")))
+}
+
 /// A port free on 127.0.0.1 right now, for a server a test starts later.
 /// Taken below the kernel's ephemeral range (32768–60999 by default): a port
 /// from that range can become, between this check and the server's bind, the
@@ -164,7 +180,8 @@ pub struct Options {
     pub mail_store: MailStore,
     /// Tune Dovecot to hold this many IMAP sessions at once (login processes
     /// that each proxy many TLS sessions, mail processes that each serve many
-    /// users); none: one process per session, the default.
+    /// users), and raise this process's open-file limit for them (Dovecot
+    /// inherits it); none: one process per session, the default.
     pub sessions: Option<usize>,
 }
 
@@ -329,6 +346,10 @@ impl Stack {
             ),
         };
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+        if options.sessions.is_some() {
+            // Dovecot inherits it, and holds a socket per session.
+            raise_fd_limit()?;
+        }
 
         let watchdog = Command::new("sh")
             .args(["-c", WATCHDOG, "watchdog"])
