@@ -8,7 +8,7 @@ mod support;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::cluster::{chart_rbac, mail, outgoing_yaml, with_mailbox};
+use support::cluster::{chart_rbac, mail, outgoing_yaml, while_mail_arrives, with_mailbox};
 use testbed::Stack;
 
 /// Short Lease timings, so that a failover test takes seconds.
@@ -72,19 +72,7 @@ fn a_partitioned_leader_aborts_its_workers_before_the_standby_takes_over() {
     });
 
     // Mail keeps arriving through the failover.
-    let delivering = AtomicBool::new(true);
-    let sent = AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        let sender = scope.spawn(|| {
-            while delivering.load(Ordering::Relaxed) {
-                let n = sent.load(Ordering::Relaxed);
-                stack
-                    .deliver(&user.address, &[mail(&format!("m{n}"))])
-                    .unwrap();
-                sent.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(150));
-            }
-        });
+    let (sent, ()) = while_mail_arrives(&stack, &user, "m", Duration::from_millis(150), || {
         std::thread::sleep(Duration::from_secs(1));
         cluster.api.faults().partition(&cluster.replicas[0].token);
         cluster.wait_for("pod-b to lead", Duration::from_secs(30), |c| {
@@ -93,8 +81,6 @@ fn a_partitioned_leader_aborts_its_workers_before_the_standby_takes_over() {
                 .contains("leading: starting the controllers")
         });
         std::thread::sleep(Duration::from_secs(2));
-        delivering.store(false, Ordering::Relaxed);
-        sender.join().unwrap();
     });
     cluster.api.faults().heal(&cluster.replicas[0].token);
 
@@ -108,7 +94,7 @@ fn a_partitioned_leader_aborts_its_workers_before_the_standby_takes_over() {
         fenced < took_over,
         "pod-a aborted at {fenced}, after pod-b led at {took_over}"
     );
-    cluster.assert_each_message_one_ticket(sent.load(Ordering::Relaxed));
+    cluster.assert_each_message_one_ticket(sent);
     // Healed, the old leader stands by.
     cluster.wait_for("pod-a to stand by again", Duration::from_secs(10), |c| {
         c.replicas[0].log().matches("standing by").count() >= 1
@@ -213,61 +199,46 @@ fn killing_the_leader_again_and_again_never_puts_two_sessions_on_one_mailbox() {
     cluster.wait_ready();
     cluster.start_controller("pod-1", FAST);
 
-    let delivering = AtomicBool::new(true);
-    let sent = AtomicUsize::new(0);
     let most = AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while delivering.load(Ordering::Relaxed) {
-                let n = sent.load(Ordering::Relaxed);
-                stack
-                    .deliver(&user.address, &[mail(&format!("k{n}"))])
-                    .unwrap();
-                sent.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        // Dovecot's own count of the mailbox's IMAP sessions, all along.
-        scope.spawn(|| {
-            while delivering.load(Ordering::Relaxed) {
-                let imap = stack
-                    .sessions(&user.address)
-                    .unwrap()
-                    .iter()
-                    .filter(|(service, _)| service == "imap")
-                    .count();
-                most.fetch_max(imap, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        for round in 0..3 {
-            let leader = cluster
-                .replicas
-                .iter()
-                .rposition(|r| {
-                    r.is_running() && r.log().contains("leading: starting the controllers")
-                })
-                .unwrap_or_else(|| panic!("no leader in round {round}\n{}", cluster.log()));
-            let wait = Duration::from_millis(rng.u64(300..2500));
-            eprintln!(
-                "round {round}: killing {} after {wait:?}",
-                cluster.replicas[leader].identity
-            );
-            std::thread::sleep(wait);
-            cluster.replicas[leader].kill_9();
-            let next = format!("pod-{}", cluster.replicas.len());
-            cluster.start_controller(&next, FAST);
-            // Every earlier leader is dead: a live replica that led is the new one.
-            cluster.wait_for("a new leader", Duration::from_secs(20), |c| {
-                c.replicas.iter().any(|r| {
-                    r.is_running() && r.log().contains("leading: starting the controllers")
-                })
+    let (sent, ()) = while_mail_arrives(&stack, &user, "k", Duration::from_millis(100), || {
+        let watching = AtomicBool::new(true);
+        std::thread::scope(|scope| {
+            // Dovecot's own count of the mailbox's IMAP sessions, all along.
+            scope.spawn(|| {
+                while watching.load(Ordering::Relaxed) {
+                    most.fetch_max(support::imap_sessions(&stack, &user), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             });
-        }
-        std::thread::sleep(Duration::from_secs(1));
-        delivering.store(false, Ordering::Relaxed);
+            for round in 0..3 {
+                let leader = cluster
+                    .replicas
+                    .iter()
+                    .rposition(|r| {
+                        r.is_running() && r.log().contains("leading: starting the controllers")
+                    })
+                    .unwrap_or_else(|| panic!("no leader in round {round}\n{}", cluster.log()));
+                let wait = Duration::from_millis(rng.u64(300..2500));
+                eprintln!(
+                    "round {round}: killing {} after {wait:?}",
+                    cluster.replicas[leader].identity
+                );
+                std::thread::sleep(wait);
+                cluster.replicas[leader].kill_9();
+                let next = format!("pod-{}", cluster.replicas.len());
+                cluster.start_controller(&next, FAST);
+                // Every earlier leader is dead: a live replica that led is the new one.
+                cluster.wait_for("a new leader", Duration::from_secs(20), |c| {
+                    c.replicas.iter().any(|r| {
+                        r.is_running() && r.log().contains("leading: starting the controllers")
+                    })
+                });
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            watching.store(false, Ordering::Relaxed);
+        });
     });
-    cluster.assert_each_message_one_ticket(sent.load(Ordering::Relaxed));
+    cluster.assert_each_message_one_ticket(sent);
     assert_eq!(
         most.load(Ordering::Relaxed),
         1,

@@ -4,12 +4,14 @@
 
 mod support;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailroom::api::{IncomingProtocol, SecurityType};
 use mailroom_core::connection::Reason;
 use mailroom_core::connection::limits::SessionLimits;
+use mailroom_core::incoming::IncomingSettings;
 use mailroom_core::incoming::worker::{Worker, WorkerEvent, WorkerHandle, WorkerOptions};
 use mailroom_core::sinks::{DirectorySink, Sink};
 use mailroom_core::state::FileCursorStore;
@@ -17,7 +19,7 @@ use support::{incoming_spec, resolve};
 use testbed::Stack;
 use tokio::sync::mpsc;
 
-async fn next(events: &mut mpsc::UnboundedReceiver<WorkerEvent>) -> WorkerEvent {
+async fn next(events: &mut Events) -> WorkerEvent {
     tokio::time::timeout(Duration::from_secs(20), events.recv())
         .await
         .expect("no worker event within 20 s")
@@ -25,7 +27,7 @@ async fn next(events: &mut mpsc::UnboundedReceiver<WorkerEvent>) -> WorkerEvent 
 }
 
 /// Whether the worker's next connection event is Connected (else the reason).
-async fn connected(events: &mut mpsc::UnboundedReceiver<WorkerEvent>) -> Result<(), Reason> {
+async fn connected(events: &mut Events) -> Result<(), Reason> {
     loop {
         match next(events).await {
             WorkerEvent::Connected(_) => return Ok(()),
@@ -33,6 +35,27 @@ async fn connected(events: &mut mpsc::UnboundedReceiver<WorkerEvent>) -> Result<
             _ => {}
         }
     }
+}
+
+type Events = mpsc::UnboundedReceiver<WorkerEvent>;
+
+/// A worker for one resource, with a sink and cursor of its own under `dir`.
+fn spawn(
+    settings: &IncomingSettings,
+    options: &WorkerOptions,
+    dir: &Path,
+) -> (WorkerHandle, Events) {
+    let (tx, events) = mpsc::unbounded_channel();
+    let handle = Worker::spawn(
+        settings.clone(),
+        Arc::new(Sink::Directory(
+            DirectorySink::open(dir.join("tickets")).unwrap(),
+        )),
+        Arc::new(FileCursorStore::new(dir.join("state"))),
+        Arc::new(tx),
+        options.clone(),
+    );
+    (handle, events)
 }
 
 #[tokio::test]
@@ -46,18 +69,9 @@ async fn resources_of_one_account_share_its_session_cap_and_the_third_waits_for_
         ..WorkerOptions::default()
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut workers: Vec<(WorkerHandle, mpsc::UnboundedReceiver<WorkerEvent>)> = Vec::new();
+    let mut workers: Vec<(WorkerHandle, Events)> = Vec::new();
     for i in 0..3 {
-        let (tx, mut events) = mpsc::unbounded_channel();
-        let handle = Worker::spawn(
-            settings.clone(),
-            Arc::new(Sink::Directory(
-                DirectorySink::open(dir.path().join(format!("t{i}"))).unwrap(),
-            )),
-            Arc::new(FileCursorStore::new(dir.path().join(format!("s{i}")))),
-            Arc::new(tx),
-            options.clone(),
-        );
+        let (handle, mut events) = spawn(&settings, &options, &dir.path().join(format!("r{i}")));
         let outcome = connected(&mut events).await;
         if i < 2 {
             assert_eq!(outcome, Ok(()), "worker {i}");
@@ -70,14 +84,7 @@ async fn resources_of_one_account_share_its_session_cap_and_the_third_waits_for_
         }
         workers.push((handle, events));
     }
-    let imap_sessions = || {
-        stack
-            .sessions(&user.address)
-            .unwrap()
-            .iter()
-            .filter(|(service, _)| service == "imap")
-            .count()
-    };
+    let imap_sessions = || support::imap_sessions(stack, &user);
     let deadline = Instant::now() + Duration::from_secs(5);
     while imap_sessions() != 2 {
         assert!(Instant::now() < deadline, "{} sessions", imap_sessions());
@@ -112,16 +119,7 @@ async fn a_pop3_resource_lets_its_session_go_between_passes() {
     let dir = tempfile::tempdir().unwrap();
     let mut workers = Vec::new();
     for i in 0..2 {
-        let (tx, mut events) = mpsc::unbounded_channel();
-        let handle = Worker::spawn(
-            settings.clone(),
-            Arc::new(Sink::Directory(
-                DirectorySink::open(dir.path().join(format!("t{i}"))).unwrap(),
-            )),
-            Arc::new(FileCursorStore::new(dir.path().join(format!("s{i}")))),
-            Arc::new(tx),
-            options.clone(),
-        );
+        let (handle, mut events) = spawn(&settings, &options, &dir.path().join(format!("r{i}")));
         // The second may first be told to wait; it must connect all the same.
         let mut outcome = connected(&mut events).await;
         if outcome == Err(Reason::SessionLimit) {

@@ -4,10 +4,9 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use support::cluster::{NS, chart_rbac, mail, with_mailbox};
+use support::cluster::{NS, chart_rbac, mail, while_mail_arrives, with_mailbox};
 use testbed::Stack;
 
 #[test]
@@ -29,19 +28,7 @@ fn a_mailbox_relabelled_to_another_shard_moves_without_loss_or_two_workers() {
     );
     assert!(!cluster.replicas[1].log().contains("worker started"));
 
-    let delivering = AtomicBool::new(true);
-    let sent = AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        let sender = scope.spawn(|| {
-            while delivering.load(Ordering::Relaxed) {
-                let n = sent.load(Ordering::Relaxed);
-                stack
-                    .deliver(&user.address, &[mail(&format!("s{n}"))])
-                    .unwrap();
-                sent.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
+    let (sent, ()) = while_mail_arrives(&stack, &user, "s", Duration::from_millis(100), || {
         std::thread::sleep(Duration::from_secs(1));
         let out = cluster.kubectl(
             &["label", "ies/support", "-n", NS, "mailroom.dev/shard=b"],
@@ -61,13 +48,11 @@ fn a_mailbox_relabelled_to_another_shard_moves_without_loss_or_two_workers() {
             },
         );
         std::thread::sleep(Duration::from_secs(1));
-        delivering.store(false, Ordering::Relaxed);
-        sender.join().unwrap();
     });
 
     // No loss: every message is a ticket; no duplicate: the main
     // controller's worker had stopped before shard b's started.
-    cluster.assert_each_message_one_ticket(sent.load(Ordering::Relaxed));
+    cluster.assert_each_message_one_ticket(sent);
     let stopped = cluster.replicas[0]
         .logged_at("the resource left this controller's watch")
         .unwrap_or_else(|| panic!("the main controller kept its worker\n{}", cluster.report()));

@@ -386,6 +386,38 @@ spec:
     )
 }
 
+/// Delivers a mail to `user` every `every` (subjects `{prefix}0`, `{prefix}1`,
+/// …) while `during` runs; returns how many were sent, and what `during`
+/// returned.
+pub fn while_mail_arrives<R>(
+    stack: &Stack,
+    user: &testbed::User,
+    prefix: &str,
+    every: Duration,
+    during: impl FnOnce() -> R,
+) -> (usize, R) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let delivering = AtomicBool::new(true);
+    let sent = AtomicUsize::new(0);
+    let result = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            while delivering.load(Ordering::Relaxed) {
+                let n = sent.load(Ordering::Relaxed);
+                stack
+                    .deliver(&user.address, &[mail(&format!("{prefix}{n}"))])
+                    .unwrap();
+                sent.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(every);
+            }
+        });
+        let result = during();
+        delivering.store(false, Ordering::Relaxed);
+        sender.join().unwrap();
+        result
+    });
+    (sent.load(Ordering::Relaxed), result)
+}
+
 /// A mail from a sender of its own (loop protection counts per sender).
 pub fn mail(subject: &str) -> String {
     format!(

@@ -20,6 +20,16 @@ use testbed::{Stack, User};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// How many IMAP sessions Dovecot holds for `user` now.
+pub fn imap_sessions(stack: &Stack, user: &User) -> usize {
+    stack
+        .sessions(&user.address)
+        .unwrap()
+        .iter()
+        .filter(|(service, _)| service == "imap")
+        .count()
+}
+
 /// A loopback port nothing listens on now.
 pub fn free_port() -> u16 {
     testbed::free_port().unwrap()
