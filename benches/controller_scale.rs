@@ -21,13 +21,6 @@ use std::time::{Duration, Instant};
 use test_support::cluster::{Cluster, IES, NS, chart_rbac, condition, mailboxes_yaml};
 use testbed::{Options, Stack};
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn ready(cluster: &Cluster, names: &[String]) -> usize {
     names
         .iter()
@@ -42,9 +35,9 @@ fn ready(cluster: &Cluster, names: &[String]) -> usize {
 }
 
 fn main() {
-    let count = env("RESOURCES", 5000);
-    let shards = env("SHARDS", 1).clamp(1, 2);
-    let window = Duration::from_secs(env("WINDOW", 300) as u64);
+    let count = test_support::env_count("RESOURCES", 5000);
+    let shards = test_support::env_count("SHARDS", 1).clamp(1, 2);
+    let window = Duration::from_secs(test_support::env_count("WINDOW", 300) as u64);
     let stack = Stack::start(Options {
         sessions: Some(count + 100),
         ..Options::default()
@@ -79,7 +72,7 @@ fn main() {
         .collect();
     let sink = cluster.tickets();
     // RESYNC=N seconds puts resyncs into the window (default: the product's 600).
-    let resync = env("RESYNC", 600).to_string();
+    let resync = test_support::env_count("RESYNC", 600).to_string();
     let sink_args = [
         "--default-sink-dir",
         sink.to_str().unwrap(),
@@ -132,6 +125,15 @@ fn main() {
         shards,
         total as f64 / window.as_secs_f64()
     );
+    for (replica, s) in cluster.replicas.iter().zip(["main", "b"]) {
+        if let Some(kib) = replica.resident_kib() {
+            println!(
+                "resident memory, shard {s}: {:.0} MiB ({:.1} KiB per resource, with its IMAP session)",
+                kib as f64 / 1024.0,
+                kib as f64 / names[if s == "main" { 0 } else { 1 }].len() as f64
+            );
+        }
+    }
     for ((verb, resource), n) in by {
         println!(
             "  {verb} {resource}: {n} ({:.2}/s)",

@@ -6,13 +6,13 @@
 //!
 //!     cargo bench --bench intake            (MESSAGES=N to change the count)
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mailroom_core::incoming::worker::{Counted, Worker, WorkerEvent, WorkerOptions, WorkerStats};
-use mailroom_core::sinks::{DirectorySink, Sink};
+use mailroom_core::sinks::{DirectorySink, Sink, TemporaryFiles};
 use mailroom_core::state::FileCursorStore;
 use rustls::pki_types::ServerName;
 use testbed::{MailStore, Options, Stack};
@@ -50,10 +50,15 @@ fn message(i: usize) -> String {
 /// or the test suite just deleted tens of thousands of files, and this
 /// machine's ext4 (no journal) then skips every recently freed inode one by
 /// one on each file creation: 10–30 times slower, for minutes.
-fn disk_root() -> &'static Path {
-    let root = Path::new("/var/tmp/mailroom-bench");
-    std::fs::create_dir_all(root).unwrap();
-    let dir = std::fs::File::open(root).unwrap();
+///
+/// `TICKET_DISK=/some/folder` puts them elsewhere, e.g. on a fresh journaled
+/// ext4 mounted from a loop device.
+fn disk_root() -> PathBuf {
+    let root = std::env::var_os("TICKET_DISK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/mailroom-bench"));
+    std::fs::create_dir_all(&root).unwrap();
+    let dir = std::fs::File::open(&root).unwrap();
     let spread = rustix::fs::ioctl_getflags(&dir)
         .and_then(|flags| rustix::fs::ioctl_setflags(&dir, flags | rustix::fs::IFlags::TOPDIR));
     if let Err(e) = spread {
@@ -63,6 +68,13 @@ fn disk_root() -> &'static Path {
         );
     }
     root
+}
+
+fn describe(mode: TemporaryFiles) -> &'static str {
+    match mode {
+        TemporaryFiles::Named => "temporary file + rename",
+        TemporaryFiles::Anonymous => "O_TMPFILE + linkat",
+    }
 }
 
 type Conn = BufReader<tokio_rustls::client::TlsStream<TcpStream>>;
@@ -173,14 +185,16 @@ async fn run(stack: &Stack, messages: &[String], floor: bool) -> Vec<tempfile::T
     let total = messages.len();
     let user = stack.create_user("bench").unwrap();
     let second = stack.create_user("bench").unwrap();
+    let third = stack.create_user("bench").unwrap();
     let seeding = Instant::now();
-    stack.seed(&user.address, messages).unwrap();
-    stack.seed(&second.address, messages).unwrap();
+    for mailbox in [&user, &second, &third] {
+        stack.seed(&mailbox.address, messages).unwrap();
+    }
     // Write the seeded mail out now, so that no measurement below pays for it
     // (the ticket writer's syncfs would).
     rustix::fs::sync();
     println!(
-        "seeded 2 x {total} messages in {:.1} s",
+        "seeded 3 x {total} messages in {:.1} s",
         seeding.elapsed().as_secs_f64()
     );
 
@@ -215,10 +229,9 @@ async fn run(stack: &Stack, messages: &[String], floor: bool) -> Vec<tempfile::T
 
     if floor {
         // The disk's own floor for one-file-per-ticket: the same write protocol
-        // (temporary file, syncfs per batch of 500, rename, directory fsync)
-        // with ready-made tickets and no mail at all.
-        let floor_dir = tempfile::tempdir_in(disk_root()).unwrap();
-        let floor_sink = DirectorySink::open(floor_dir.path()).unwrap();
+        // (a file per ticket, syncfs per batch of 500, naming, directory
+        // fsync) with ready-made tickets and no mail at all, once per way of
+        // writing a ticket's file.
         let batches: Vec<Arc<[_]>> = messages
             .chunks(500)
             .map(|chunk| {
@@ -235,32 +248,47 @@ async fn run(stack: &Stack, messages: &[String], floor: bool) -> Vec<tempfile::T
                     .collect()
             })
             .collect();
-        let began = Instant::now();
-        for batch in batches {
-            floor_sink.deliver(batch).await.unwrap();
+        for mode in [TemporaryFiles::Named, TemporaryFiles::Anonymous] {
+            let floor_dir = tempfile::tempdir_in(disk_root()).unwrap();
+            let floor_sink = DirectorySink::open_with(floor_dir.path(), mode).unwrap();
+            let began = Instant::now();
+            for batch in batches.iter().cloned() {
+                floor_sink.deliver(batch).await.unwrap();
+            }
+            let floor_rate = total as f64 / began.elapsed().as_secs_f64();
+            println!(
+                "ticket files alone on this disk ({}; no mail, same durability): {floor_rate:.0} tickets/s = {:.0} % of the raw ceiling",
+                describe(mode),
+                100.0 * floor_rate / raw_rate
+            );
+            written.push(floor_dir);
         }
-        let floor_rate = total as f64 / began.elapsed().as_secs_f64();
-        println!(
-            "ticket files alone on this disk (no mail, same durability): {floor_rate:.0} tickets/s = {:.0} % of the raw ceiling",
-            100.0 * floor_rate / raw_rate
-        );
-        written.push(floor_dir);
     }
 
-    // mailroom twice, on two mailboxes with the same mail: tickets on the disk
-    // (durable), then on tmpfs, which shows what the pipeline costs when file
-    // creation is cheap. Both mark processed mail seen (the default).
+    // mailroom three times, on three mailboxes with the same mail: tickets on
+    // the disk (durable) written either way, then on tmpfs, which shows what
+    // the pipeline costs when file creation is cheap. All mark processed
+    // mail seen (the default).
     raw_fetch(stack, &second, total).await;
-    for (label, dir, mailbox) in [
+    raw_fetch(stack, &third, total).await;
+    for (label, dir, mailbox, mode) in [
+        (
+            "ticket files on disk",
+            tempfile::tempdir_in(disk_root()).unwrap(),
+            &third,
+            TemporaryFiles::Named,
+        ),
         (
             "ticket files on disk",
             tempfile::tempdir_in(disk_root()).unwrap(),
             &user,
+            TemporaryFiles::Anonymous,
         ),
         (
             "ticket files on tmpfs (/dev/shm)",
             tempfile::tempdir_in("/dev/shm").unwrap(),
             &second,
+            TemporaryFiles::Anonymous,
         ),
     ] {
         let mut settings = settings.clone();
@@ -269,7 +297,7 @@ async fn run(stack: &Stack, messages: &[String], floor: bool) -> Vec<tempfile::T
             password: mailbox.password.clone().into(),
         };
         let sink = Arc::new(Sink::Directory(
-            DirectorySink::open(dir.path().join("tickets")).unwrap(),
+            DirectorySink::open_with(dir.path().join("tickets"), mode).unwrap(),
         ));
         let store = Arc::new(FileCursorStore::new(dir.path().join("state")));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -336,7 +364,8 @@ async fn run(stack: &Stack, messages: &[String], floor: bool) -> Vec<tempfile::T
         );
         let rate = total as f64 / secs;
         println!(
-            "mailroom, mailbox -> tickets ({label}): {rate:.0} messages/s ({secs:.2} s) = {:.0} % of the raw ceiling",
+            "mailroom, mailbox -> tickets ({label}, {}): {rate:.0} messages/s ({secs:.2} s) = {:.0} % of the raw ceiling",
+            describe(mode),
             100.0 * rate / raw_rate
         );
         written.push(dir);

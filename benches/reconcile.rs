@@ -48,6 +48,7 @@ async fn main() {
         dir.path(),
         Arc::new(Outbox::new()),
         WorkerOptions::default(),
+        Default::default(),
     );
     let mut figures = Vec::new();
     for round in 0..=rounds {

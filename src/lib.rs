@@ -6,7 +6,9 @@
 pub mod api;
 pub mod controller;
 pub mod engine;
+pub mod fuzzing;
 pub mod logging;
+pub mod metrics;
 pub mod resolve;
 pub mod runtime;
 pub mod signals;

@@ -62,6 +62,9 @@ enum Command {
         /// Address of the submission endpoint.
         #[arg(long, value_name = "ADDR", default_value = DEFAULT_BIND)]
         listen: SocketAddr,
+        /// Serve /metrics (OpenMetrics) and /healthz here; off without it.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
         /// Bearer tokens of the submission endpoint, one per line (`TOKEN` or
         /// `TOKEN ns1,ns2`). Without it (or MAILROOM_SUBMISSION_TOKENS, same
         /// format) the endpoint stays off.
@@ -246,6 +249,7 @@ fn main() -> ExitCode {
             tickets_dir,
             state_dir,
             listen,
+            metrics_listen,
             token_file,
         } => tokens(token_file.as_deref()).and_then(|tokens| {
             runtime()?.block_on(async {
@@ -255,6 +259,7 @@ fn main() -> ExitCode {
                     tickets: tickets_dir,
                     state: state_dir,
                     listen,
+                    metrics_listen,
                     tokens,
                 })
                 .await

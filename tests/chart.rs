@@ -45,17 +45,56 @@ defaultSink:
   persistentVolumeClaim: mailroom-tickets
 serviceMonitor:
   enabled: true
+prometheusRule:
+  enabled: true
+grafanaDashboard:
+  enabled: true
 podDisruptionBudget:
   enabled: true
 networkPolicy:
   enabled: true
   apiServer:
     cidrs: [10.0.0.1/32]
+  extraEgress:
+    - to: [{ipBlock: {cidr: 10.0.0.5/32}}]
+      ports: [{port: 3128, protocol: TCP}]
   ingressFrom:
     - namespaceSelector:
         matchLabels:
           kubernetes.io/metadata.name: monitoring
+rbac:
+  secretUpdate: [helpdesk]
+extraEnv:
+  - {name: HTTPS_PROXY, value: "http://10.0.0.5:3128"}
+extraVolumes:
+  - {name: corporate-ca, configMap: {name: corporate-ca}}
+extraVolumeMounts:
+  - {name: corporate-ca, mountPath: /etc/ssl/corporate, readOnly: true}
+strategy:
+  type: RollingUpdate
+  rollingUpdate: {maxSurge: 1, maxUnavailable: 0}
+priorityClassName: system-cluster-critical
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: topology.kubernetes.io/zone
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels: {app.kubernetes.io/name: mailroom}
 "#;
+
+/// What the chart README tells OpenShift users to set: no fixed UIDs.
+const OPENSHIFT: [&str; 2] = [
+    "--set",
+    "podSecurityContext.runAsUser=null,podSecurityContext.runAsGroup=null,podSecurityContext.fsGroup=null",
+];
+
+/// The Prometheus Operator's kinds, which the schema validator does not know.
+const MONITORING: [&str; 4] = [
+    "--api-versions",
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "--api-versions",
+    "monitoring.coreos.com/v1/PrometheusRule",
+];
 
 /// `helm template` with extra arguments; the documents, parsed.
 fn template(args: &[&str]) -> Vec<Value> {
@@ -121,23 +160,40 @@ fn helm_lint_is_clean_with_defaults_and_with_every_option() {
 #[test]
 fn rendered_manifests_pass_the_kubernetes_schemas() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, args) in [
+    let all_on: Vec<&str> = [&["-f", "@all-on"][..], &MONITORING].concat();
+    let matrix: Vec<(&str, Vec<&str>)> = vec![
         ("defaults", vec![]),
+        ("all-on", all_on.clone()),
+        // Each toggle the other way round from its default.
         (
-            "all-on",
+            "toggles-off",
             vec![
-                "-f",
-                "@all-on",
-                "--api-versions",
-                "monitoring.coreos.com/v1/ServiceMonitor",
+                "--set",
+                "crds.enabled=false,rbac.secretUpdate=none,rbac.aggregateToDefaultRoles=false",
+                "--set",
+                "submission.enabled=false,leaderElection.enabled=false,serviceAccount.create=false",
+                "--set",
+                "networkPolicy.enabled=true,networkPolicy.httpsEgress=false",
             ],
         ),
-    ] {
+        // As a subchart: the parent's globals arrive as `global`.
+        (
+            "subchart",
+            vec!["--set", "global.imageRegistry=registry.example.org"],
+        ),
+        // OpenShift's restricted-v2 assigns the UIDs.
+        ("openshift", OPENSHIFT.to_vec()),
+        (
+            "shards",
+            vec!["--set", "shards={a,b},podDisruptionBudget.enabled=true"],
+        ),
+    ];
+    for (name, args) in matrix {
         let docs = template(&args);
-        // The validator has no schema for the Prometheus Operator's kind.
+        // The validator has no schema for the Prometheus Operator's kinds.
         let core: Vec<&Value> = docs
             .iter()
-            .filter(|d| d["kind"] != "ServiceMonitor")
+            .filter(|d| d["kind"] != "ServiceMonitor" && d["kind"] != "PrometheusRule")
             .collect();
         let text: String = core
             .iter()
@@ -148,51 +204,299 @@ fn rendered_manifests_pass_the_kubernetes_schemas() {
         let out = run(Command::new(tool("venv/bin/kubernetes-validate"))
             .args(["-k", "1.35.0", "--strict", "--quiet"])
             .arg(&file));
-        assert!(!out.contains("ERROR"), "{out}");
+        assert!(!out.contains("ERROR"), "{name}: {out}");
     }
+    let openshift = template(&OPENSHIFT);
+    let pod = &openshift
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap()["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["securityContext"],
+        json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}}),
+        "no fixed UIDs"
+    );
 }
 
 #[test]
 fn the_optional_parts_appear_only_when_asked_for() {
+    const OPTIONAL: [&str; 5] = [
+        "ServiceMonitor",
+        "PrometheusRule",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "ConfigMap",
+    ];
     let defaults = kinds(&template(&[]));
-    for k in ["ServiceMonitor", "PodDisruptionBudget", "NetworkPolicy"] {
+    for k in OPTIONAL {
         assert!(!defaults.contains(&k.to_owned()), "{k} is off by default");
     }
     assert!(defaults.contains(&"ClusterRole".to_owned()));
-    let all = kinds(&template(&[
-        "-f",
-        "@all-on",
-        "--api-versions",
-        "monitoring.coreos.com/v1/ServiceMonitor",
-    ]));
-    for k in ["ServiceMonitor", "PodDisruptionBudget", "NetworkPolicy"] {
+    let all = kinds(&template(&[&["-f", "@all-on"][..], &MONITORING].concat()));
+    for k in OPTIONAL {
         assert!(all.contains(&k.to_owned()), "{k} when enabled");
     }
-    let cluster_roles: Vec<String> = template(&["-f", "@all-on"])
-        .iter()
-        .filter(|d| d["kind"] == "ClusterRole")
-        .map(|d| d["metadata"]["name"].as_str().unwrap().to_owned())
-        .collect();
+    let docs = template(&["-f", "@all-on"]);
     assert_eq!(
-        cluster_roles,
+        bound(&docs, "ClusterRoleBinding"),
         ["mailroom-tokenreview"],
         "namespaced Roles instead; only TokenReview is cluster-wide"
     );
-    let without_crd = kinds(&template(&["--set", "serviceMonitor.enabled=true"]));
-    assert!(
-        !without_crd.contains(&"ServiceMonitor".to_owned()),
-        "skipped when its CRD is absent"
+    let without_crd = kinds(&template(&[
+        "--set",
+        "serviceMonitor.enabled=true,prometheusRule.enabled=true",
+    ]));
+    for k in ["ServiceMonitor", "PrometheusRule"] {
+        assert!(
+            !without_crd.contains(&k.to_owned()),
+            "{k} skipped when its CRD is absent"
+        );
+    }
+}
+
+/// Names of the roles the chart binds to its ServiceAccount with bindings
+/// of `kind`.
+fn bound(docs: &[Value], kind: &str) -> Vec<String> {
+    docs.iter()
+        .filter(|d| d["kind"] == kind)
+        .map(|d| d["roleRef"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_chart_fits_strict_clusters_and_argo_cd() {
+    let defaults = template(&[]);
+    // Argo CD prunes a CRD that leaves the render despite Helm's keep.
+    for crd in defaults
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+    {
+        let a = &crd["metadata"]["annotations"];
+        assert_eq!(a["helm.sh/resource-policy"], "keep");
+        assert!(
+            a["argocd.argoproj.io/sync-options"]
+                .as_str()
+                .unwrap()
+                .split(',')
+                .any(|o| o == "Prune=false"),
+            "{a}"
+        );
+    }
+
+    let docs = template(&["-f", "@all-on"]);
+    let policy = docs.iter().find(|d| d["kind"] == "NetworkPolicy").unwrap();
+    let egress = policy["spec"]["egress"].as_array().unwrap();
+    let ports = |rule: &Value| -> Vec<i64> {
+        rule["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].as_i64().unwrap())
+            .collect()
+    };
+    let api = egress
+        .iter()
+        .find(|r| r["to"][0]["ipBlock"]["cidr"] == "10.0.0.1/32")
+        .unwrap();
+    assert_eq!(
+        ports(api),
+        [443, 6443],
+        "the API server before and after DNAT"
     );
+    assert!(
+        egress
+            .iter()
+            .any(|r| r["to"].is_null() && ports(r) == [443]),
+        "HTTPS (webhooks, OAuth2) stays open when apiServer.cidrs is set: {egress:#?}"
+    );
+    assert!(egress.iter().any(|r| ports(r) == [3128]), "extraEgress");
+
+    // One budget per Deployment, never blocking a drain at one replica.
+    let budgets: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "PodDisruptionBudget")
+        .collect();
+    assert_eq!(budgets.len(), 2, "main and shard a");
+    for b in budgets {
+        assert_eq!(b["spec"]["maxUnavailable"], 1);
+        assert_eq!(
+            b["spec"]["selector"]["matchLabels"]["mailroom.dev/deployment"],
+            b["metadata"]["name"]
+        );
+    }
+
+    let d = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["priorityClassName"], "system-cluster-critical");
+    assert_eq!(pod["topologySpreadConstraints"][0]["maxSkew"], 1);
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+    let c = &pod["containers"][0];
+    assert!(
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "HTTPS_PROXY")
+    );
+    assert!(
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "corporate-ca")
+    );
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "corporate-ca")
+    );
+
+    // Secret update only where OAuth2 rotation needs it.
+    let secret_verbs = |docs: &[Value], kind: &str| -> BTreeSet<(String, String)> {
+        docs.iter()
+            .filter(|d| d["kind"] == kind)
+            .flat_map(|d| {
+                let ns = d["metadata"]["namespace"].as_str().unwrap_or("").to_owned();
+                grants(&d["rules"])
+                    .into_iter()
+                    .filter(|g| g.0.is_empty() && g.1 == "secrets")
+                    .map(move |g| (ns.clone(), g.2))
+            })
+            .collect()
+    };
+    let updates = |docs: &[Value]| -> Vec<String> {
+        ["ClusterRole", "Role"]
+            .iter()
+            .flat_map(|k| secret_verbs(docs, k))
+            .filter(|(_, v)| v == "update")
+            .map(|(ns, _)| ns)
+            .collect()
+    };
+    assert_eq!(updates(&defaults), [""], "cluster-wide by default");
+    assert!(updates(&template(&["--set", "rbac.secretUpdate=none"])).is_empty());
+    assert_eq!(updates(&docs), ["helpdesk"], "only the listed namespace");
+
+    // Namespace admins may manage the two kinds through the default roles.
+    let aggregated: Vec<&Value> = defaults
+        .iter()
+        .filter(|d| {
+            d["kind"] == "ClusterRole"
+                && d["metadata"]["labels"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+        })
+        .collect();
+    let to = |role: &Value, verb: &str| {
+        grants(&role["rules"]).contains(&(
+            "mailroom.dev".to_owned(),
+            "incomingemailservers".to_owned(),
+            verb.to_owned(),
+        ))
+    };
+    assert!(aggregated.iter().any(
+        |r| r["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+            && to(r, "list")
+            && !to(r, "create")
+    ));
+    assert!(aggregated.iter().any(
+        |r| r["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+            && to(r, "create")
+            && to(r, "delete")
+    ));
+}
+
+fn promtool() -> Command {
+    let mut cmd = Command::new("promtool");
+    // promtool checks every rule file it is given; no state anywhere else.
+    cmd.env_remove("PROMETHEUS_CONFIG");
+    cmd
+}
+
+#[test]
+fn the_alerts_pass_promtool_and_fire_only_on_what_should_fire_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = template(&[&["--set", "prometheusRule.enabled=true"][..], &MONITORING].concat());
+    let rule = docs.iter().find(|d| d["kind"] == "PrometheusRule").unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        serde_yaml::to_string(&json!({"groups": rule["spec"]["groups"]})).unwrap(),
+    )
+    .unwrap();
+    let out = run(promtool().arg("check").arg("rules").arg(&rules));
+    assert!(out.contains("SUCCESS"), "{out}");
+    std::fs::copy(
+        root().join("tests/fixtures/alerts.test.yaml"),
+        dir.path().join("alerts.test.yaml"),
+    )
+    .unwrap();
+    let out = run(promtool()
+        .args(["test", "rules", "alerts.test.yaml"])
+        .current_dir(dir.path()));
+    assert!(out.contains("SUCCESS"), "{out}");
+    // Every alert has a runbook section in the operations guide.
+    let guide = std::fs::read_to_string(root().join("docs/operations.md")).unwrap();
+    for r in rule["spec"]["groups"][0]["rules"].as_array().unwrap() {
+        let name = r["alert"].as_str().unwrap();
+        assert!(
+            guide.contains(&format!("### {name}")),
+            "no runbook section for {name}"
+        );
+    }
+}
+
+#[test]
+fn every_dashboard_query_is_valid_promql_on_mailroom_metrics() {
+    let docs = template(&["--set", "grafanaDashboard.enabled=true"]);
+    let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboard: Value =
+        serde_json::from_str(cm["data"]["mailroom.json"].as_str().unwrap()).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().clone())
+        .map(|t| t["expr"].as_str().unwrap().replace("$namespace", ".*"))
+        .collect();
+    assert!(exprs.len() >= 10);
+    // promtool parses each as a recording rule's expression.
+    let rules: Vec<Value> = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| json!({"record": format!("dashboard:query{i}"), "expr": e}))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard-rules.yaml");
+    std::fs::write(
+        &file,
+        serde_yaml::to_string(&json!({"groups": [{"name": "dashboard", "rules": rules}]})).unwrap(),
+    )
+    .unwrap();
+    let out = run(promtool().arg("check").arg("rules").arg(&file));
+    assert!(out.contains("SUCCESS"), "{out}");
+    let guide = std::fs::read_to_string(root().join("docs/operations.md")).unwrap();
+    for e in &exprs {
+        for name in e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("mailroom_"))
+        {
+            let family = name.trim_end_matches("_bucket").trim_end_matches("_total");
+            assert!(
+                guide.contains(&format!("`{family}")),
+                "{name} is not a metric the operations guide lists"
+            );
+        }
+    }
 }
 
 #[test]
 fn the_deployment_is_locked_down_and_runs_the_controller() {
-    let docs = template(&[
-        "-f",
-        "@all-on",
-        "--api-versions",
-        "monitoring.coreos.com/v1/ServiceMonitor",
-    ]);
+    let docs = template(&[&["-f", "@all-on"][..], &MONITORING].concat());
     let d = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
     let pod = &d["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
@@ -355,15 +659,20 @@ fn documented() -> Grants {
 fn rbac_in_the_chart_is_what_the_operations_guide_lists() {
     let docs = template(&[]);
     let mut rendered = Grants::new();
-    for d in docs
-        .iter()
-        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
-    {
+    let bound = [
+        bound(&docs, "ClusterRoleBinding"),
+        bound(&docs, "RoleBinding"),
+    ]
+    .concat();
+    for d in docs.iter().filter(|d| {
+        (d["kind"] == "ClusterRole" || d["kind"] == "Role")
+            && bound.iter().any(|b| d["metadata"]["name"] == b.as_str())
+    }) {
         rendered.extend(grants(&d["rules"]));
     }
     assert_eq!(rendered, documented());
     // Limited to namespaces: the same rules, in a Role per namespace.
-    let docs = template(&["-f", "@all-on"]);
+    let docs = template(&["-f", "@all-on", "--set", "rbac.secretUpdate=all"]);
     let roles: Vec<&Value> = docs
         .iter()
         .filter(|d| d["kind"] == "Role" && d["metadata"]["name"] == "mailroom")
@@ -484,9 +793,11 @@ fn the_plain_install_manifest_is_the_rendered_chart() {
     );
 }
 
-fn leaf_paths(v: &serde_yaml::Value, prefix: &str, out: &mut Vec<String>) {
+/// Paths of the values, down to where the schema stops naming properties
+/// (free-form objects such as `resources` or `podSecurityContext`).
+fn leaf_paths(v: &serde_yaml::Value, schema: &Value, prefix: &str, out: &mut Vec<String>) {
     match v {
-        serde_yaml::Value::Mapping(m) if !m.is_empty() && !prefix.ends_with("resources") => {
+        serde_yaml::Value::Mapping(m) if !m.is_empty() && schema["properties"].is_object() => {
             for (k, v) in m {
                 let k = k.as_str().unwrap();
                 let p = if prefix.is_empty() {
@@ -494,7 +805,9 @@ fn leaf_paths(v: &serde_yaml::Value, prefix: &str, out: &mut Vec<String>) {
                 } else {
                     format!("{prefix}.{k}")
                 };
-                leaf_paths(v, &p, out);
+                let node = &schema["properties"][k];
+                assert!(!node.is_null(), "{p} is not in values.schema.json");
+                leaf_paths(v, node, &p, out);
             }
         }
         _ => out.push(prefix.to_owned()),
@@ -513,13 +826,8 @@ fn every_value_is_in_the_schema_and_the_chart_readme() {
     .unwrap();
     let readme = std::fs::read_to_string(root().join("charts/mailroom/README.md")).unwrap();
     let mut paths = Vec::new();
-    leaf_paths(&values, "", &mut paths);
+    leaf_paths(&values, &schema, "", &mut paths);
     for path in paths {
-        let mut node = &schema;
-        for part in path.split('.') {
-            node = &node["properties"][part];
-            assert!(!node.is_null(), "{path} is not in values.schema.json");
-        }
         let documented = if path == "resources" {
             "`resources.requests`".to_owned()
         } else {

@@ -230,6 +230,7 @@ fn harness_with_sink(
         references: References::new(client.clone(), reflector::store().0, reflector::store().0),
         timing: Timing::default(),
         reconciles: Default::default(),
+        metrics: Default::default(),
         shard: Default::default(),
         lease: None,
         default_sink: default_sink.then(|| tickets.path().to_owned()),
@@ -389,7 +390,10 @@ async fn success_reads_the_secret_writes_ready_by_apply_and_then_nothing() {
         )),
         "{metrics}"
     );
-    assert!(metrics.contains("# TYPE mailroom_messages_fetched_total counter"));
+    assert!(metrics.contains("# TYPE mailroom_messages_fetched counter"));
+    assert!(metrics.contains(&format!(
+        "mailroom_messages_fetched_total{{namespace=\"{NS}\",name=\"support\"}}"
+    )));
 
     // The cursor lives in a ConfigMap owned by the resource; the worker saves
     // it at the end of its first pass, which may come after IDLE was announced.

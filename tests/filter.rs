@@ -326,19 +326,26 @@ fn the_rate_limit_stops_a_loop_that_slips_through() {
             },
         ),
     };
-    let m = mail("looper@b.example", "x", "");
+    let looping = |i: u64| {
+        facts(&format!(
+            "From: looper@b.example\r\nSubject: x\r\nMessage-ID: <loop-{i}@b.example>\r\n\r\nagain\r\n"
+        ))
+    };
     let t0 = Instant::now();
     let verdicts: Vec<bool> = (0..5)
-        .map(|i| j.judge(&m, t0 + Duration::from_secs(i)).accepted)
+        .map(|i| j.judge(&looping(i), t0 + Duration::from_secs(i)).accepted)
         .collect();
     assert_eq!(verdicts, [true, true, true, false, false]);
     assert_eq!(
-        j.judge(&m, t0 + Duration::from_secs(4)).rule,
+        j.judge(&looping(5), t0 + Duration::from_secs(4)).rule,
         "loop:rateLimit"
     );
+    // A message judged again (its delivery failed and is retried) is the
+    // same message, not one more from its sender.
+    assert!(j.judge(&looping(0), t0 + Duration::from_secs(5)).accepted);
     // Another sender is not affected, and the window slides.
     assert!(j.judge(&mail("other@b.example", "x", ""), t0).accepted);
-    assert!(j.judge(&m, t0 + Duration::from_secs(61)).accepted);
+    assert!(j.judge(&looping(6), t0 + Duration::from_secs(61)).accepted);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The fetch worker against the real Dovecot: tickets with every field, each
 //! afterProcessing mode, IDLE, restarts without duplicates, UIDVALIDITY changes,
-//! a failing sink, and bad messages that never block the rest.
+//! and bad messages that never block the rest (the webhook sink: `tests/webhook.rs`).
 
 mod support;
 
@@ -8,115 +8,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use mailroom::api::{AfterProcessing, IncomingProtocol, SecurityType};
 use mailroom_core::incoming::IncomingSettings;
-use mailroom_core::incoming::worker::{
-    Counted, Scanning, Worker, WorkerEvent, WorkerHandle, WorkerOptions, WorkerStats,
-};
-use mailroom_core::sinks::{DirectorySink, Sink, WebhookSink};
+use mailroom_core::incoming::worker::{Scanning, WorkerEvent, WorkerOptions};
 use mailroom_core::state::{CursorStore, FileCursorStore};
-use mailroom_core::ticket::Ticket;
-use sha2::Sha256;
-use support::*;
+use support::worker::*;
 use testbed::{Stack, User};
-use tokio::sync::mpsc;
-
-fn fast() -> WorkerOptions {
-    WorkerOptions {
-        backoff_base: Duration::from_millis(50),
-        backoff_cap: Duration::from_millis(500),
-        ..WorkerOptions::default()
-    }
-}
-
-fn message(i: usize) -> String {
-    format!(
-        "From: Ann <ann@company.com>\r\nTo: support@mailroom.test\r\nSubject: request {i}\r\nMessage-ID: <m{i}-{}@company.com>\r\n\r\nbody {i}\r\n",
-        std::process::id()
-    )
-}
 
 const MULTIPART: &str = "From: \"Ann Example\" <ann@company.com>\r\nTo: support@mailroom.test\r\nCc: carol@company.com\r\nSubject: Re: printer [#1234] broken\r\nMessage-ID: <multi@company.com>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: multipart/alternative; boundary=\"b2\"\r\n\r\n--b2\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThe printer is on fire.\r\n--b2\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>The printer is <b>on fire</b>.</p>\r\n--b2--\r\n--b1\r\nContent-Type: application/pdf; name=\"log.pdf\"\r\nContent-Disposition: attachment; filename=\"log.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nSGVsbG8=\r\n--b1--\r\n";
-
-struct Run {
-    handle: WorkerHandle,
-    events: mpsc::UnboundedReceiver<WorkerEvent>,
-    /// Counters folded from the worker's events, as a runtime keeps them.
-    stats: Arc<WorkerStats>,
-}
-
-fn start(
-    settings: IncomingSettings,
-    sink: Sink,
-    store: Arc<dyn CursorStore>,
-    options: WorkerOptions,
-) -> Run {
-    let (tx, events) = mpsc::unbounded_channel();
-    let stats = Arc::new(WorkerStats::default());
-    let observer = Arc::new(Counted {
-        stats: stats.clone(),
-        inner: tx,
-    });
-    Run {
-        handle: Worker::spawn(settings, Arc::new(sink), store, observer, options),
-        events,
-        stats,
-    }
-}
-
-impl Run {
-    async fn until(&mut self, what: &str, mut f: impl FnMut(&WorkerEvent) -> bool) -> WorkerEvent {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.events.recv()).await {
-                Ok(Some(e)) if f(&e) => return e,
-                Ok(Some(_)) => {}
-                _ => panic!("timed out waiting for {what}"),
-            }
-        }
-    }
-}
-
-fn tickets(dir: &Path) -> Vec<Ticket> {
-    support::json_files(dir)
-}
-
-async fn wait_tickets(dir: &Path, n: usize) -> Vec<Ticket> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let t = tickets(dir);
-        if t.len() >= n {
-            return t;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {n} tickets in {}",
-            t.len(),
-            dir.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn settings(
-    stack: &Stack,
-    user: &User,
-    protocol: IncomingProtocol,
-    security: SecurityType,
-    edit: impl FnOnce(&mut mailroom::api::IncomingEmailServerSpec),
-) -> IncomingSettings {
-    let (mut spec, secrets) = incoming_spec(stack, user, protocol, security);
-    spec.ticket.technician_group = Some("Service Desk".into());
-    spec.ticket.category = Some("Hardware".into());
-    edit(&mut spec);
-    resolve(&spec, &secrets)
-}
-
-fn dir_sink(dir: &Path) -> Sink {
-    Sink::Directory(DirectorySink::open(dir).unwrap())
-}
 
 #[tokio::test]
 async fn every_protocol_turns_each_message_into_a_ticket_with_all_fields() {
@@ -369,17 +268,13 @@ fn start_with_4k_limit(
     user: &User,
     options: WorkerOptions,
 ) -> (tempfile::TempDir, Run) {
-    let out = tempfile::tempdir().unwrap();
-    let store = Arc::new(FileCursorStore::new(out.path().join("state")));
-    let s = settings(
+    start_imaps(
         stack,
         user,
-        IncomingProtocol::Imap,
-        SecurityType::Ssl,
         |s| s.max_message_size = "4Ki".into(),
-    );
-    let run = start(s, dir_sink(&out.path().join("t")), store, options);
-    (out, run)
+        ticket_dir,
+        options,
+    )
 }
 
 async fn process_with(s: &IncomingSettings, store: &Arc<dyn CursorStore>, out: &Path, n: usize) {
@@ -390,135 +285,6 @@ async fn process_with(s: &IncomingSettings, store: &Arc<dyn CursorStore>, out: &
     })
     .await;
     run.handle.stop().await;
-}
-
-#[tokio::test]
-async fn a_sink_failing_then_recovering_gives_exactly_one_ticket_per_message() {
-    let stack = Stack::shared();
-    let user = stack.create_user("webhook").unwrap();
-    stack
-        .deliver(&user.address, &(0..3).map(message).collect::<Vec<_>>())
-        .unwrap();
-    // The first five requests fail: more than one delivery's retries.
-    let receiver = WebhookReceiver::start(|n| if n < 5 { 500 } else { 200 }).await;
-    let webhook = WebhookSink::new(
-        &receiver.url,
-        Some(b"hmac-key".to_vec()),
-        Duration::from_secs(5),
-        &Default::default(),
-    )
-    .unwrap()
-    .with_retries(2, Duration::from_millis(10));
-    let out = tempfile::tempdir().unwrap();
-    let store = Arc::new(FileCursorStore::new(out.path().join("state")));
-    let s = settings(
-        stack,
-        &user,
-        IncomingProtocol::Imap,
-        SecurityType::Ssl,
-        |_| {},
-    );
-    let mut run = start(s, Sink::Webhook(webhook), store, fast());
-    run.until("the sink to fail", |e| {
-        matches!(e, WorkerEvent::SinkUnavailable { .. })
-    })
-    .await;
-    // Nothing was marked processed while the sink was down.
-    assert!(
-        stack
-            .messages(&user.address, "INBOX")
-            .unwrap()
-            .iter()
-            .all(|m| !m.has_flag("\\Seen"))
-    );
-    let mut created = 0;
-    run.until("three tickets", |e| {
-        created += usize::from(matches!(e, WorkerEvent::TicketCreated { .. }));
-        created == 3
-    })
-    .await;
-    run.handle.stop().await;
-
-    let requests = receiver.requests();
-    let mut accepted: Vec<String> = requests
-        .iter()
-        .filter(|r| r.status == 200)
-        .map(|r| r.header("Idempotency-Key").unwrap().to_owned())
-        .collect();
-    accepted.sort();
-    let before = accepted.len();
-    accepted.dedup();
-    assert_eq!(
-        (before, accepted.len()),
-        (3, 3),
-        "one accepted request per message: {requests:?}"
-    );
-    for r in &requests {
-        let ticket: Ticket = serde_json::from_slice(&r.body).unwrap();
-        assert_eq!(
-            r.header("Idempotency-Key"),
-            Some(ticket.idempotency_key.as_str())
-        );
-        assert_eq!(r.header("ce-type"), Some("dev.mailroom.ticket.created"));
-        assert_eq!(r.header("ce-specversion"), Some("1.0"));
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"hmac-key").unwrap();
-        mac.update(&r.body);
-        let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-        assert_eq!(r.header("X-Mailroom-Signature"), Some(expected.as_str()));
-    }
-    assert!(
-        stack
-            .messages(&user.address, "INBOX")
-            .unwrap()
-            .iter()
-            .all(|m| m.has_flag("\\Seen"))
-    );
-}
-
-#[tokio::test]
-async fn a_ticket_refused_with_4xx_is_recorded_and_its_mail_left_in_place() {
-    let stack = Stack::shared();
-    let user = stack.create_user("webhook-422").unwrap();
-    stack.deliver(&user.address, &[message(1)]).unwrap();
-    let receiver = WebhookReceiver::start(|_| 422).await;
-    let webhook = WebhookSink::new(
-        &receiver.url,
-        None,
-        Duration::from_secs(5),
-        &Default::default(),
-    )
-    .unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let store = Arc::new(FileCursorStore::new(out.path().join("state")));
-    let s = settings(
-        stack,
-        &user,
-        IncomingProtocol::Imap,
-        SecurityType::Ssl,
-        |_| {},
-    );
-    let mut run = start(s, Sink::Webhook(webhook), store, fast());
-    let e = run
-        .until("the refusal", |e| {
-            matches!(e, WorkerEvent::TicketRejected { .. })
-        })
-        .await;
-    run.until("the cursor", |e| {
-        matches!(e, WorkerEvent::CursorAdvanced(_))
-    })
-    .await;
-    run.handle.stop().await;
-    let WorkerEvent::TicketRejected { reason, .. } = e else {
-        unreachable!()
-    };
-    assert!(reason.contains("422"), "{reason}");
-    assert_eq!(receiver.requests().len(), 1, "a 4xx is not retried");
-    let inbox = stack.messages(&user.address, "INBOX").unwrap();
-    assert_eq!(inbox.len(), 1);
-    assert!(
-        !inbox[0].has_flag("\\Seen"),
-        "refused mail must stay unprocessed"
-    );
 }
 
 #[tokio::test]
@@ -834,4 +600,48 @@ async fn pop3_deletes_processed_mail_whose_dele_an_earlier_session_never_committ
         2,
         "processed mail was fetched again"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_arriving_during_a_pass_is_taken_right_after_it_not_at_the_next_idle_refresh() {
+    let stack = Stack::shared();
+    let user = stack.create_user("mid-pass").unwrap();
+    const N: usize = 2000;
+    let mails: Vec<String> = (0..N)
+        .map(|i| support::cluster::mail(&format!("mid-pass-{i}-{}", std::process::id())))
+        .collect();
+    stack.seed(&user.address, &mails).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let t = out.path().join("t");
+    let s = settings(
+        stack,
+        &user,
+        IncomingProtocol::Imap,
+        SecurityType::Ssl,
+        |_| {},
+    );
+    let options = WorkerOptions {
+        batch: 20,
+        idle_refresh: Duration::from_secs(600),
+        ..fast()
+    };
+    let store: Arc<dyn CursorStore> = Arc::new(FileCursorStore::new(out.path().join("state")));
+    let mut run = start(s, dir_sink(&t), store, options);
+    // The pass searched before this delivery: the server announces it while
+    // the pass is still fetching and marking, before IDLE begins.
+    wait_tickets(&t, 50).await;
+    let late = support::cluster::mail(&format!("late-{}", std::process::id()));
+    stack.deliver(&user.address, &[late]).unwrap();
+    assert!(tickets(&t).len() < N, "delivered during the pass");
+    wait_tickets(&t, N + 1).await;
+    // Then it waits in IDLE, not searching again and again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while run.events.try_recv().is_ok() {}
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut passes = 0;
+    while let Ok(e) = run.events.try_recv() {
+        passes += usize::from(matches!(e, WorkerEvent::CaughtUp { .. }));
+    }
+    assert_eq!(passes, 0, "no pass while nothing arrives");
+    run.handle.stop().await;
 }

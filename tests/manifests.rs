@@ -69,6 +69,14 @@ fn every_example_is_valid_and_its_secrets_exist() {
                     if let Some(w) = spec.ticket.sink.as_ref().and_then(|s| s.webhook.as_ref()) {
                         refs.extend(w.signing_secret_ref.iter().cloned());
                     }
+                    if let Some(rt) = spec
+                        .ticket
+                        .sink
+                        .as_ref()
+                        .and_then(|s| s.request_tracker.as_ref())
+                    {
+                        refs.push(rt.token_secret_ref.clone());
+                    }
                     references.extend(
                         refs.into_iter()
                             .map(|r| (file.clone(), namespace.clone(), r)),

@@ -72,6 +72,7 @@ async fn a_refusing_sink_shows_as_sink_unavailable_until_it_takes_the_ticket() {
         },
         on_change: None,
         counters: Default::default(),
+        metrics: &Default::default(),
     });
     wait_for(&runtime, ("False", "SinkUnavailable")).await;
     let now = jiff::Timestamp::now();

@@ -5,246 +5,14 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testbed::{Stack, User};
+use testbed::Stack;
 
-const NS: &str = "helpdesk";
-
-fn ca_secret(stack: &Stack) -> String {
-    stack.ca_secret_yaml("ca", NS)
-}
-
-fn password_secret(name: &str, password: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {NS}}}\nstringData: {{password: {password}}}\n"
-    )
-}
-
-fn incoming(name: &str, user: &User, port: u16, secret: &str, extra: &str) -> String {
-    format!(
-        r#"apiVersion: mailroom.dev/v1alpha1
-kind: IncomingEmailServer
-metadata: {{name: {name}, namespace: {NS}}}
-spec:
-  email: {email}
-  provider: Other
-  server: 127.0.0.1
-  port: {port}
-  securityType: SSL
-  auth: {{passwordSecretRef: {{name: {secret}, key: password}}}}
-  tls: {{caSecretRef: {{name: ca, key: ca.crt}}}}
-{extra}"#,
-        email = user.address
-    )
-}
-
-fn outgoing(name: &str, user: &User, port: u16, secret: &str) -> String {
-    format!(
-        r#"apiVersion: mailroom.dev/v1alpha1
-kind: OutgoingEmailServer
-metadata: {{name: {name}, namespace: {NS}}}
-spec:
-  email: {email}
-  senderName: Helpdesk
-  provider: Other
-  server: 127.0.0.1
-  port: {port}
-  securityType: TLS
-  primary: true
-  authentication: {{passwordSecretRef: {{name: {secret}, key: password}}}}
-  tls: {{caSecretRef: {{name: ca, key: ca.crt}}}}
-"#,
-        email = user.address
-    )
-}
-
-/// Writes a file whole, as an editor saving it would (new content, then rename).
-fn put(dir: &Path, file: &str, text: &str) {
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(file)).unwrap();
-}
-
-struct Mailroom {
-    child: Child,
-    dir: PathBuf,
-    log: PathBuf,
-    listen: u16,
-}
-
-impl Mailroom {
-    fn start(dir: &Path) -> Self {
-        Self::start_with(dir, &[])
-    }
-
-    fn start_with(dir: &Path, extra: &[&str]) -> Self {
-        let listen = support::free_port();
-        let tokens = dir.join("tokens.txt");
-        std::fs::write(&tokens, "e2e-token\n").unwrap();
-        let log = dir.join(format!("mailroom-{listen}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_mailroom"))
-            .args(["run", "--manifests"])
-            .arg(dir)
-            .args(["--listen", &format!("127.0.0.1:{listen}"), "--token-file"])
-            .arg(&tokens)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            dir: dir.to_owned(),
-            log,
-            listen,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn status(&self, kind: &str, name: &str) -> Option<Value> {
-        let path = self
-            .dir
-            .join(".status")
-            .join(kind)
-            .join(NS)
-            .join(format!("{name}.yaml"));
-        let text = std::fs::read_to_string(path).ok()?;
-        serde_yaml::from_str(&text).ok()
-    }
-
-    /// Waits until `check` holds for the resource's status document.
-    fn wait(&self, kind: &str, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = self.status(kind, name)
-                && check(&s)
-            {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{kind} {name}: {what} never happened; status {:?}\nlog:\n{}",
-                self.status(kind, name),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn tickets(&self) -> Vec<Value> {
-        support::json_files(&self.dir.join(".tickets"))
-    }
-
-    fn wait_tickets(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let t = self.tickets();
-            if t.len() >= n {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {n} tickets\nlog:\n{}",
-                t.len(),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM; returns the exit code.
-    fn terminate(mut self) -> Option<i32> {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no exit after SIGTERM\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Mailroom {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
-    status["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-}
-
-fn is(status: &Value, type_: &str, value: &str) -> bool {
-    condition(status, type_).is_some_and(|c| c["status"] == value)
-}
-
-fn ready(s: &Value) -> bool {
-    is(s, "Ready", "True")
-}
-
-/// A blocking HTTP POST with a bearer token; returns status and body.
-fn post(port: u16, path: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer e2e-token\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    (
-        status,
-        response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default(),
-    )
-}
-
-fn setup(stack: &Stack, dir: &Path, mailbox: &User, sender: &User, filter: &str) {
-    put(dir, "ca.yaml", &ca_secret(stack));
-    put(
-        dir,
-        "secrets.yaml",
-        &format!(
-            "{}---\n{}",
-            password_secret("mailbox", &mailbox.password),
-            password_secret("sender", &sender.password)
-        ),
-    );
-    put(
-        dir,
-        "incoming.yaml",
-        &incoming("support", mailbox, stack.ports().imaps, "mailbox", filter),
-    );
-    put(
-        dir,
-        "outgoing.yaml",
-        &outgoing("helpdesk", sender, stack.ports().submission, "sender"),
-    );
-}
+use support::standalone::*;
 
 #[test]
 fn mail_through_the_endpoint_becomes_a_ticket_ignored_mail_a_rejection_and_a_restart_no_duplicate()
@@ -260,16 +28,7 @@ fn mail_through_the_endpoint_becomes_a_ticket_ignored_mail_a_rejection_and_a_res
         &sender,
         "  filter: {type: Ignore, domains: [ignored.test]}\n",
     );
-    // An application team's sender in its own namespace: mail from a sender of
-    // the mailbox's own namespace would be taken for a loop.
-    let apps = [
-        ca_secret(stack),
-        password_secret("sender", &sender.password),
-        outgoing("notifier", &sender, stack.ports().submission, "sender"),
-    ]
-    .join("---\n")
-    .replace(&format!("namespace: {NS}}}"), "namespace: apps}");
-    put(dir.path(), "outgoing.yaml", &apps);
+    put(dir.path(), "outgoing.yaml", &apps_sender(stack, &sender));
     let mailroom = Mailroom::start(dir.path());
     mailroom.wait("incomingemailserver", "support", "Ready", ready);
 
@@ -665,17 +424,7 @@ fn kill_9_at_random_moments_during_intake_loses_and_duplicates_nothing() {
         .collect();
     stack.seed(&mailbox.address, &messages).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    put(dir.path(), "ca.yaml", &ca_secret(stack));
-    put(
-        dir.path(),
-        "secrets.yaml",
-        &password_secret("mailbox", &mailbox.password),
-    );
-    put(
-        dir.path(),
-        "incoming.yaml",
-        &incoming("support", &mailbox, stack.ports().imaps, "mailbox", ""),
-    );
+    mailbox_folder(stack, dir.path(), &mailbox, "");
 
     // SIGKILL while batches are fetched, judged, written and marked; the seed
     // is printed so that a failing run can be repeated.

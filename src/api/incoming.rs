@@ -10,7 +10,7 @@ use super::common::{
 };
 use super::status::IncomingEmailServerStatus;
 use mailroom_core::vocab::{
-    AfterProcessing, FilterType, IncomingProtocol, Mode, Provider, SecurityType,
+    AfterProcessing, FilterType, FirstStart, IncomingProtocol, Mode, Provider, SecurityType,
 };
 
 /// Sender filter for incoming mail. Entries of all lists are OR: a message matches
@@ -43,10 +43,10 @@ pub struct IncomingFilter {
     pub keywords: Vec<String>,
 }
 
-/// Where tickets are delivered. Exactly one of webhook or directory.
+/// Where tickets are delivered. Exactly one of webhook, directory or requestTracker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.webhook) != has(self.directory)").message("set exactly one of webhook or directory"))]
+#[x_kube(validation = Rule::new("(has(self.webhook) ? 1 : 0) + (has(self.directory) ? 1 : 0) + (has(self.requestTracker) ? 1 : 0) == 1").message("set exactly one of webhook, directory or requestTracker"))]
 pub struct SinkSpec {
     /// POST each ticket as JSON to a URL. Mail is marked processed only after a 2xx answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,6 +54,63 @@ pub struct SinkSpec {
     /// Write each ticket as a JSON file, atomically, named by its idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory: Option<DirectorySinkSpec>,
+    /// Create tickets in Request Tracker 5 over its REST 2 API; replies become
+    /// correspondence on their ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_tracker: Option<RequestTrackerSinkSpec>,
+}
+
+fn default_rt_timeout() -> Duration {
+    std::time::Duration::from_secs(30).into()
+}
+
+fn default_category_field() -> String {
+    "Category".into()
+}
+
+fn default_message_field() -> String {
+    "Mailroom Message".into()
+}
+
+/// A Request Tracker 5 instance that receives tickets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestTrackerSinkSpec {
+    /// RT's base URL (its `$WebBaseURL`), e.g. `https://rt.example.com`.
+    #[schemars(pattern(r"^https?://[^\s]+$"), length(max = 2048))]
+    pub url: String,
+    /// Queue of new tickets. Default: `ticket.technicianGroup`, else `General`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200), pattern(SINGLE_LINE_PATTERN))]
+    pub queue: Option<String>,
+    /// Secret key holding an RT auth token (RT user → Auth Tokens) of a user
+    /// who may create tickets, reply and set custom fields in the queue.
+    pub token_secret_ref: SecretKeyRef,
+    /// Ticket custom field that receives `ticket.category`. It must be
+    /// applied to the queue (a Select field needs the value among its values).
+    #[serde(default = "default_category_field")]
+    #[schemars(length(min = 1, max = 200), pattern(SINGLE_LINE_PATTERN))]
+    pub category_field: String,
+    /// Ticket custom field where mailroom records the key of every message it
+    /// added to the ticket, so that a retried delivery never adds it twice.
+    /// Created (applied to the queue) when missing.
+    #[serde(default = "default_message_field")]
+    #[schemars(length(min = 1, max = 200), pattern(SINGLE_LINE_PATTERN))]
+    pub message_field: String,
+    /// RT's `$rtname`: replies tagged `[rtname #123]` in the subject thread to
+    /// ticket 123, and acknowledgements carry the same tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 100), pattern(r"^[^\s\[\]#]+$"))]
+    pub rt_name: Option<String>,
+    /// Time allowed for one request before it is retried (Go duration).
+    #[serde(default = "default_rt_timeout")]
+    #[schemars(with = "String", pattern(DURATION_PATTERN))]
+    pub timeout: Duration,
+    /// Tickets of one mailbox under way at once (RT on SQLite takes one
+    /// write at a time). Default 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub max_in_flight: Option<u16>,
 }
 
 fn default_webhook_timeout() -> Duration {
@@ -68,13 +125,19 @@ pub struct WebhookSinkSpec {
     /// `Idempotency-Key` header.
     #[schemars(pattern(r"^https?://[^\s]+$"), length(max = 2048))]
     pub url: String,
-    /// Secret key holding the HMAC-SHA256 key that signs each request body.
+    /// Secret key holding a Standard Webhooks signing key (`whsec_` followed by
+    /// base64); each request then carries `webhook-id`, `webhook-timestamp` and
+    /// `webhook-signature`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_secret_ref: Option<SecretKeyRef>,
     /// Time allowed for one request before it is retried (Go duration, e.g. `10s`).
     #[serde(default = "default_webhook_timeout")]
     #[schemars(with = "String", pattern(DURATION_PATTERN))]
     pub timeout: Duration,
+    /// Tickets of one mailbox under way at once. Default 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub max_in_flight: Option<u16>,
 }
 
 /// A directory on the operator's file system that receives tickets.
@@ -151,11 +214,13 @@ pub struct AcknowledgementSpec {
     /// Send acknowledgements (default false).
     #[serde(default)]
     pub enabled: bool,
-    /// Subject; `{subject}` is replaced by the original subject.
+    /// Subject; `{subject}` is replaced by the original subject and
+    /// `{reference}` by the ticket's name from the sink (without it, ` [#id]`
+    /// is appended when the sink gave one).
     #[serde(default = "default_ack_subject")]
     #[schemars(length(min = 1, max = 998), pattern(SINGLE_LINE_PATTERN))]
     pub subject: String,
-    /// Plain-text body; `{subject}` is replaced by the original subject.
+    /// Plain-text body; `{subject}` and `{reference}` as in the subject.
     #[serde(default = "default_ack_text")]
     #[schemars(length(min = 1, max = 65536))]
     pub text: String,
@@ -167,6 +232,13 @@ pub struct AcknowledgementSpec {
     #[serde(default = "default_loop_window")]
     #[schemars(with = "String", pattern(DURATION_PATTERN))]
     pub window: Duration,
+    /// Mail that reached the server longer ago than this (its INTERNALDATE, or
+    /// the newest Received header) gets no acknowledgement: a first start on a
+    /// mailbox full of old mail must not answer every old sender (Go duration,
+    /// default `1h`).
+    #[serde(default = "default_ack_max_age")]
+    #[schemars(with = "String", pattern(DURATION_PATTERN))]
+    pub max_age: Duration,
 }
 
 impl Default for AcknowledgementSpec {
@@ -177,8 +249,13 @@ impl Default for AcknowledgementSpec {
             text: default_ack_text(),
             max_per_sender: default_ack_max(),
             window: default_loop_window(),
+            max_age: default_ack_max_age(),
         }
     }
+}
+
+fn default_ack_max_age() -> Duration {
+    std::time::Duration::from_secs(3600).into()
 }
 
 fn default_ack_subject() -> String {
@@ -302,6 +379,11 @@ pub struct IncomingEmailServerSpec {
     /// What to do with a message once processed. Default: MarkSeen (IMAP), Keep (POP3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_processing: Option<AfterProcessing>,
+    /// What the first start on this mailbox takes: Unprocessed (default; unseen
+    /// mail with MarkSeen, else everything there), All, or NewOnly (only mail
+    /// arriving from then on). Later starts go on from the cursor.
+    #[serde(default)]
+    pub first_start: FirstStart,
     /// IMAP folder that processed mail is moved to when afterProcessing is Move.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024), pattern(SINGLE_LINE_PATTERN))]

@@ -13,7 +13,7 @@ use kube::CustomResourceExt;
 pub use common::*;
 pub use incoming::*;
 pub use mailroom_core::vocab::{
-    AfterProcessing, AuthType, ConnectionStage, FilterType, IncomingProtocol, Mode,
+    AfterProcessing, AuthType, ConnectionStage, FilterType, FirstStart, IncomingProtocol, Mode,
     OutgoingProtocol, Provider, SecurityType, StageResult,
 };
 pub use outgoing::*;

@@ -103,6 +103,7 @@ pub struct Context {
     references: references::References,
     timing: Timing,
     reconciles: Arc<std::sync::atomic::AtomicU64>,
+    metrics: Arc<crate::metrics::Metrics>,
     shard: shard::Shard,
     claims: shard::Claims,
     failures: std::sync::Mutex<HashMap<String, u32>>,
@@ -136,6 +137,7 @@ pub struct ContextParts {
     pub timing: Timing,
     /// Counts every reconcile (the process's `mailroom_reconciles_total`).
     pub reconciles: Arc<std::sync::atomic::AtomicU64>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The resources this controller writes for.
     pub shard: shard::Shard,
     /// Its leader election Lease (`namespace/name`), named in the claims it
@@ -161,6 +163,7 @@ impl Context {
                 tokens,
                 default_sink: p.default_sink,
                 options: p.options,
+                metrics: p.metrics.clone(),
             })),
             incoming_store: p.incoming_store,
             outgoing_store: p.outgoing_store,
@@ -169,6 +172,7 @@ impl Context {
             references: p.references,
             timing: p.timing,
             reconciles: p.reconciles,
+            metrics: p.metrics,
             claims,
             shard: p.shard,
             failures: std::sync::Mutex::default(),
@@ -394,31 +398,38 @@ where
     C: FnOnce(Arc<K>, Arc<Context>) -> FC,
     FC: Future<Output = Result<Action, Error>>,
 {
-    let (id, uid) = identity(obj.as_ref())?;
-    ctx.reconciles
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if !ctx.writes_for(obj.meta()) {
-        // A standby, or a controller of another shard (every replica keeps
-        // every sender), follows the object without touching it.
-        return if obj.meta().deletion_timestamp.is_some() {
-            cleanup(obj, ctx).await
-        } else {
-            apply(obj, ctx).await
-        };
-    }
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &id.namespace);
-    let c = ctx.clone();
-    let result = finalizer(&api, FINALIZER, obj, |event| async move {
-        match event {
-            Finalizer::Apply(o) => apply(o, c).await,
-            Finalizer::Cleanup(o) => cleanup(o, c).await,
+    let began = std::time::Instant::now();
+    let metrics = ctx.metrics.clone();
+    let result = async {
+        let (id, uid) = identity(obj.as_ref())?;
+        ctx.reconciles
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !ctx.writes_for(obj.meta()) {
+            // A standby, or a controller of another shard (every replica keeps
+            // every sender), follows the object without touching it.
+            return if obj.meta().deletion_timestamp.is_some() {
+                cleanup(obj, ctx).await
+            } else {
+                apply(obj, ctx).await
+            };
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    if result.is_ok() {
-        unpoisoned(&ctx.failures).remove(&uid);
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &id.namespace);
+        let c = ctx.clone();
+        let result = finalizer(&api, FINALIZER, obj, |event| async move {
+            match event {
+                Finalizer::Apply(o) => apply(o, c).await,
+                Finalizer::Cleanup(o) => cleanup(o, c).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)));
+        if result.is_ok() {
+            unpoisoned(&ctx.failures).remove(&uid);
+        }
+        result
     }
+    .await;
+    metrics.reconciled(K::kind(&()).as_ref(), began.elapsed());
     result
 }
 

@@ -200,6 +200,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), RunError> {
         outbox,
         recorder,
         reconciles: probe.reconciles.clone(),
+        metrics: probe.metrics.clone(),
     };
 
     let mut elector = opts
@@ -277,6 +278,7 @@ struct Shared {
     outbox: Arc<Outbox>,
     recorder: Recorder,
     reconciles: Arc<std::sync::atomic::AtomicU64>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// While not leading: the OutgoingEmailServer controllers alone, writing
@@ -419,6 +421,7 @@ where
         references,
         timing: opts.timing,
         reconciles: shared.reconciles.clone(),
+        metrics: shared.metrics.clone(),
         shard: opts.shard.clone(),
         lease: opts
             .election

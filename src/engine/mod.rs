@@ -47,6 +47,7 @@ pub struct Environment {
     /// Where tickets go when a spec names no sink; None: nowhere (`NoSink`).
     pub default_sink: Option<PathBuf>,
     pub options: WorkerOptions,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// One resource as its adapter read it.
@@ -304,6 +305,7 @@ impl Engine {
             options: self.env.options.clone(),
             on_change: d.on_change.clone(),
             counters: carried,
+            metrics: &self.env.metrics,
         });
         // Taken again now that the runtime's OAuth2 grants are known, so that
         // their own refresh-token write-backs leave it unchanged.
@@ -411,6 +413,13 @@ impl Engine {
     /// Whether a worker runs for the IncomingEmailServer.
     pub(crate) fn runs_incoming(&self, id: &ResourceId) -> bool {
         self.incoming.contains_key(id)
+    }
+
+    /// Every resource, for a metrics scrape.
+    pub(crate) fn samples(&self) -> Vec<crate::metrics::Sample> {
+        let incoming = self.incoming.iter().map(|(id, e)| e.runtime.sample(id));
+        let outgoing = self.outgoing.iter().map(|(id, e)| e.runtime.sample(id));
+        incoming.chain(outgoing).collect()
     }
 
     pub fn incoming_ids(&self) -> Vec<ResourceId> {

@@ -12,6 +12,7 @@ fn engine(default_sink: Option<PathBuf>) -> Engine {
         tokens: Tokens::new(None),
         default_sink,
         options: WorkerOptions::default(),
+        metrics: Default::default(),
     })
 }
 

@@ -7,7 +7,7 @@ use regex::Regex;
 
 use super::invalid;
 use super::secrets::{AuthRef, Sources, credentials, proxy_settings, secret_text, tls_options};
-use crate::api::{IncomingEmailServerSpec, SinkSpec};
+use crate::api::{IncomingEmailServerSpec, RequestTrackerSinkSpec, SinkSpec, TicketSpec};
 use mailroom_core::config::{MailProtocol, ServerSettings, parse_size, resolve_endpoint};
 use mailroom_core::connection::{Failure, Reason, Timeouts, TlsOptions};
 use mailroom_core::filter::{Filter, RateLimit};
@@ -16,7 +16,7 @@ use mailroom_core::incoming::settings::{
     DEFAULT_QUARANTINE_FOLDER, DEFAULT_REFERENCE_PATTERN, TicketSettings,
 };
 use mailroom_core::outgoing::ack::AckSettings;
-use mailroom_core::sinks::{DirectorySink, Sink, WebhookSink};
+use mailroom_core::sinks::{DirectorySink, RequestTrackerSink, RtFields, Sink, WebhookSink};
 use mailroom_core::sync::unpoisoned;
 use mailroom_core::vocab::{AfterProcessing, IncomingProtocol, ResourceId};
 
@@ -44,7 +44,20 @@ pub fn incoming(
     default_sink: Option<&Path>,
 ) -> Result<ResolvedIncoming, Failure> {
     let settings = incoming_settings(id, spec, sources)?;
-    let sink = sink(spec.ticket.sink.as_ref(), default_sink, sources)?;
+    let sink = sink(&spec.ticket, default_sink, sources)?;
+    // Acknowledgements carry the tag the helpdesk itself threads by.
+    let tag = match spec
+        .ticket
+        .sink
+        .as_ref()
+        .and_then(|s| s.request_tracker.as_ref())
+    {
+        Some(RequestTrackerSinkSpec {
+            rt_name: Some(name),
+            ..
+        }) => format!("[{name} #{{reference}}]"),
+        _ => "[#{reference}]".to_owned(),
+    };
     let a = &spec.acknowledgements;
     let acknowledgements = match (&spec.outgoing_server_ref, a.enabled) {
         (Some(out), true) => Some((
@@ -56,6 +69,8 @@ pub fn incoming(
                     max: at_least_one(a.max_per_sender),
                     window: a.window.into(),
                 },
+                max_age: a.max_age.into(),
+                tag,
             },
         )),
         _ => None,
@@ -128,6 +143,7 @@ pub fn incoming_settings(
         protocol: spec.protocol,
         mailbox: spec.mailbox.clone(),
         after_processing,
+        first_start: spec.first_start,
         move_to: spec.move_to.clone(),
         quarantine_folder: spec
             .quarantine_folder
@@ -142,6 +158,15 @@ pub fn incoming_settings(
             technician_group: spec.ticket.technician_group.clone(),
             category: spec.ticket.category.clone(),
             reference,
+            sink_tag: spec
+                .ticket
+                .sink
+                .as_ref()
+                .and_then(|s| s.request_tracker.as_ref())
+                .and_then(|rt| rt.rt_name.as_deref())
+                .map(|name| compiled(&format!(r"(?i)\[{}\s+#(\d+)\s*\]", regex::escape(name))))
+                .transpose()
+                .map_err(|e| invalid("ticket.sink.requestTracker.rtName", e.to_string()))?,
         },
         filter: spec
             .filter
@@ -157,24 +182,61 @@ pub fn incoming_settings(
 
 /// The sink the spec names, else a directory at `default_dir`, else none.
 fn sink(
-    spec: Option<&SinkSpec>,
+    ticket: &TicketSpec,
     default_dir: Option<&Path>,
     sources: Sources<'_>,
 ) -> Result<Sink, Failure> {
     let setup =
         |e: mailroom_core::sinks::SinkError| Failure::new(Reason::SinkSetupFailed, e.to_string());
-    match spec {
+    match &ticket.sink {
         Some(SinkSpec {
             webhook: Some(w), ..
         }) => {
             let key = w
                 .signing_secret_ref
                 .as_ref()
-                .map(|r| secret_text(sources.secrets, r).map(String::into_bytes))
+                .map(|r| secret_text(sources.secrets, r))
                 .transpose()?;
-            WebhookSink::new(&w.url, key, w.timeout.into(), &TlsOptions::default())
-                .map(Sink::Webhook)
-                .map_err(setup)
+            WebhookSink::new(
+                &w.url,
+                key.as_deref(),
+                w.timeout.into(),
+                &TlsOptions::default(),
+            )
+            .map(|s| match w.max_in_flight {
+                Some(n) => s.with_max_in_flight(n.into()),
+                None => s,
+            })
+            .map(Sink::Webhook)
+            .map_err(setup)
+        }
+        Some(SinkSpec {
+            request_tracker: Some(rt),
+            ..
+        }) => {
+            let token = secret_text(sources.secrets, &rt.token_secret_ref)?;
+            let fields = RtFields {
+                queue: rt
+                    .queue
+                    .clone()
+                    .or_else(|| ticket.technician_group.clone())
+                    .unwrap_or_else(|| "General".into()),
+                category: rt.category_field.clone(),
+                message: rt.message_field.clone(),
+            };
+            RequestTrackerSink::new(
+                &rt.url,
+                &token,
+                fields,
+                rt.timeout.into(),
+                &TlsOptions::default(),
+            )
+            .map(|s| match rt.max_in_flight {
+                Some(n) => s.with_max_in_flight(n.into()),
+                None => s,
+            })
+            .map(Sink::RequestTracker)
+            .map_err(setup)
         }
         Some(SinkSpec {
             directory: Some(d), ..
@@ -185,7 +247,7 @@ fn sink(
             Some(dir) => DirectorySink::open(dir).map(Sink::Directory).map_err(setup),
             None => Err(Failure::new(
                 Reason::NoSink,
-                "no ticket sink: set spec.ticket.sink (webhook or directory), or start mailroom with a default sink (--default-sink-dir); nothing is fetched until then",
+                "no ticket sink: set spec.ticket.sink (webhook, directory or requestTracker), or start mailroom with a default sink (--default-sink-dir); nothing is fetched until then",
             )),
         },
     }

@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::{Shared, username};
 use crate::api::{EffectiveSettings, IncomingEmailServerSpec, IncomingEmailServerStatus, Mode};
+use crate::metrics::{Counters, Metrics, Sample};
 use crate::resolve::{self, ResolvedIncoming, SecretSource, Sources};
 use crate::status::{self, Health};
 use mailroom_core::config::Credentials;
@@ -21,6 +22,7 @@ use mailroom_core::outgoing::ack::Acknowledger;
 use mailroom_core::state::CursorStore;
 use mailroom_core::sync::unpoisoned;
 use mailroom_core::vocab::ResourceId;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// Everything a worker is started from.
 pub struct IncomingInputs<'a> {
@@ -41,6 +43,7 @@ pub struct IncomingInputs<'a> {
     pub on_change: Option<super::OnChange>,
     /// Counters carried over from the runtime this one replaces.
     pub counters: Arc<WorkerStats>,
+    pub metrics: &'a Metrics,
 }
 
 #[derive(Debug)]
@@ -121,6 +124,7 @@ impl IncomingRuntime {
             inner: Follower {
                 resource: resource.clone(),
                 shared: runtime.shared.clone(),
+                ticket_latency: i.metrics.ticket_latency(&i.id.namespace),
             },
         };
         runtime.worker = Some(Worker::spawn(
@@ -151,6 +155,18 @@ impl IncomingRuntime {
         self.started.then_some(&*self.stats)
     }
 
+    /// What metrics read of it.
+    pub(crate) fn sample(&self, id: &ResourceId) -> Sample {
+        Sample {
+            kind: "IncomingEmailServer",
+            namespace: id.namespace.clone(),
+            name: id.name.clone(),
+            health: self.shared.clone(),
+            credentials: self.credentials.clone(),
+            counters: Counters::Incoming(self.started.then(|| self.stats.clone())),
+        }
+    }
+
     /// The counters, for the runtime that replaces this one.
     pub(crate) fn counters(&self) -> Arc<WorkerStats> {
         self.stats.clone()
@@ -179,6 +195,7 @@ fn sink_recovered(shared: &Shared) {
 struct Follower {
     resource: String,
     shared: Shared,
+    ticket_latency: Histogram,
 }
 
 impl Observer for Follower {
@@ -220,8 +237,29 @@ impl Observer for Follower {
                     }
                 });
             }),
-            WorkerEvent::TicketCreated { key, message_id } => {
+            WorkerEvent::TicketCreated {
+                key,
+                message_id,
+                arrived,
+            } => {
+                if let Some(arrived) = arrived {
+                    let waited = jiff::Timestamp::now().duration_since(arrived);
+                    self.ticket_latency.observe(waited.as_secs_f64().max(0.0));
+                }
                 tracing::info!(resource = %resource, ticket = %key, message_id = message_id.as_deref().unwrap_or("-"), "ticket created");
+                sink_recovered(shared);
+            }
+            WorkerEvent::ReplyDelivered {
+                key,
+                message_id,
+                ticket,
+                arrived,
+            } => {
+                if let Some(arrived) = arrived {
+                    let waited = jiff::Timestamp::now().duration_since(arrived);
+                    self.ticket_latency.observe(waited.as_secs_f64().max(0.0));
+                }
+                tracing::info!(resource = %resource, reply = %key, ticket = ticket.as_deref().unwrap_or("-"), message_id = message_id.as_deref().unwrap_or("-"), "reply added to its ticket");
                 sink_recovered(shared);
             }
             WorkerEvent::CursorAdvanced(_) => sink_recovered(shared),
@@ -239,7 +277,7 @@ impl Observer for Follower {
                     "{}", verdict.reason
                 );
             }
-            WorkerEvent::Quarantined { reason } => {
+            WorkerEvent::Quarantined { reason, .. } => {
                 tracing::warn!(resource = %resource, "quarantined: {reason}");
             }
             WorkerEvent::TicketRejected { message_id, reason } => {

@@ -8,6 +8,7 @@ use tokio::task::JoinHandle;
 
 use super::{OnChange, Shared, username};
 use crate::api::{EffectiveSettings, OutgoingEmailServerSpec, OutgoingEmailServerStatus};
+use crate::metrics::{Counters, Sample};
 use crate::resolve::{self, SecretSource, Sources};
 use crate::status::{self, Health};
 use mailroom_core::config::Credentials;
@@ -107,6 +108,18 @@ impl OutgoingRuntime {
     /// The OAuth2 grant's token times, when the server signs in with OAuth2.
     pub(crate) fn oauth2(&self) -> Option<mailroom_core::oauth2::TokenInfo> {
         self.credentials.as_ref()?.token_info()
+    }
+
+    /// What metrics read of it.
+    pub(crate) fn sample(&self, id: &ResourceId) -> Sample {
+        Sample {
+            kind: "OutgoingEmailServer",
+            namespace: id.namespace.clone(),
+            name: id.name.clone(),
+            health: self.shared.clone(),
+            credentials: self.credentials.clone(),
+            counters: Counters::Outgoing(self.stats.clone()),
+        }
     }
 
     /// Stops a connection test still running.

@@ -130,21 +130,28 @@ pub(crate) fn load_files(files: &[PathBuf], validator: &ManifestValidator) -> Sn
 }
 
 fn load_file(file: &Path, validator: &ManifestValidator, out: &mut Snapshot) {
+    match std::fs::read_to_string(file) {
+        Ok(text) => load_text(file, &text, validator, out),
+        Err(e) => out.problems.push(Problem {
+            file: file.to_owned(),
+            document: 0,
+            field: String::new(),
+            message: format!("cannot read: {e}"),
+        }),
+    }
+}
+
+/// Reads the documents of one file's text (named `file` in problems) into
+/// `out`. Any text gives problems, never a panic (a fuzz target holds it to
+/// that).
+pub fn load_text(file: &Path, text: &str, validator: &ManifestValidator, out: &mut Snapshot) {
     let problem = |document: usize, field: &str, message: String| Problem {
         file: file.to_owned(),
         document,
         field: field.to_owned(),
         message,
     };
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) => {
-            out.problems
-                .push(problem(0, "", format!("cannot read: {e}")));
-            return;
-        }
-    };
-    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let n = i + 1;
         let value = match Value::deserialize(doc) {
             Ok(Value::Null) => continue,

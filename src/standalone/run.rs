@@ -10,11 +10,14 @@ use notify::Watcher;
 use tokio::sync::{mpsc, watch};
 
 use super::manifests::{LoadError, is_manifest, load_dir};
-use super::supervisor::{Paths, Supervisor, write_problems};
+use super::supervisor::{Paths, Published, Supervisor, write_problems};
 use crate::api::validation::ManifestValidator;
+use crate::metrics::{CONTENT_TYPE, Metrics};
 use crate::submission::{self, SubmissionTokens, TokenError};
+use axum::http::header;
 use mailroom_core::incoming::worker::WorkerOptions;
 use mailroom_core::outgoing::Outbox;
+use mailroom_core::sync::read_unpoisoned;
 
 /// How often status is recomputed (and written when it changed).
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -29,6 +32,8 @@ pub struct RunOptions {
     pub state: Option<PathBuf>,
     /// Where the submission endpoint listens.
     pub listen: SocketAddr,
+    /// Where /metrics is served; None: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// Tokens for the submission endpoint; None leaves it off.
     pub tokens: Option<SubmissionTokens>,
 }
@@ -45,6 +50,10 @@ pub enum RunError {
         "cannot listen on {addr} for the submission endpoint: {message}; choose another --listen address"
     )]
     Listen { addr: SocketAddr, message: String },
+    #[error(
+        "cannot listen on {addr} for metrics: {message}; choose another --metrics-listen address"
+    )]
+    MetricsListen { addr: SocketAddr, message: String },
     #[error("cannot write under {path}: {message}")]
     Write { path: String, message: String },
 }
@@ -72,6 +81,20 @@ async fn reload(
     supervisor
         .write_status()
         .map_err(write_error(&paths.status))
+}
+
+/// `/metrics` of the resources the supervisor last published, and `/healthz`.
+fn metrics_router(metrics: Arc<Metrics>, published: Published) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let samples = read_unpoisoned(&published).clone();
+                let text = metrics.render(samples, Vec::new());
+                async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], text) }
+            }),
+        )
 }
 
 pub async fn run(options: RunOptions) -> Result<(), RunError> {
@@ -142,7 +165,36 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             message: e.to_string(),
         })?;
 
-    let mut supervisor = Supervisor::new(paths.clone(), &dir, outbox, WorkerOptions::default());
+    let metrics = Metrics::new();
+    let mut supervisor = Supervisor::new(
+        paths.clone(),
+        &dir,
+        outbox,
+        WorkerOptions::default(),
+        metrics.clone(),
+    );
+    let metrics_task = match options.metrics_listen {
+        Some(addr) => {
+            let listener =
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| RunError::MetricsListen {
+                        addr,
+                        message: e.to_string(),
+                    })?;
+            tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "metrics listening");
+            let router = metrics_router(metrics, supervisor.published());
+            let mut stop = stop_rx.clone();
+            Some(tokio::spawn(submission::serve(
+                listener,
+                router,
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        None => None,
+    };
     reload(&dir, &validator, &paths, &mut supervisor).await?;
     tracing::info!(manifests = %dir.display(), "running; watching the folder for changes");
 
@@ -172,8 +224,8 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     supervisor
         .write_status()
         .map_err(write_error(&paths.status))?;
-    if let Some(endpoint) = endpoint {
-        let _ = endpoint.await;
+    for task in [endpoint, metrics_task].into_iter().flatten() {
+        let _ = task.await;
     }
     tracing::info!("stopped");
     Ok(())

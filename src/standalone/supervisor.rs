@@ -7,7 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use kube::Resource;
 use kube::core::object::HasSpec;
@@ -15,11 +16,13 @@ use serde::Serialize;
 
 use super::manifests::{Data, Key, Loaded, Snapshot};
 use super::writeback::SecretFiles;
-use crate::engine::{Computed, Desired, Engine, Environment, own_addresses};
+use crate::engine::{Applied, Computed, Desired, Engine, Environment, own_addresses};
+use crate::metrics::{Metrics, Sample};
 use mailroom_core::incoming::worker::WorkerOptions;
 use mailroom_core::oauth2::Tokens;
 use mailroom_core::outgoing::Outbox;
 use mailroom_core::state::FileCursorStore;
+use mailroom_core::sync::write_unpoisoned;
 
 pub(crate) const INCOMING_KIND: &str = "IncomingEmailServer";
 pub(crate) const OUTGOING_KIND: &str = "OutgoingEmailServer";
@@ -50,11 +53,16 @@ struct Written {
     text: Option<String>,
 }
 
+/// The resources' metric samples, shared with the metrics endpoint.
+pub(crate) type Published = Arc<RwLock<Vec<Sample>>>;
+
 /// The running state of a manifests folder.
 #[derive(Debug)]
 pub struct Supervisor {
     paths: Paths,
     engine: Engine,
+    metrics: Arc<Metrics>,
+    published: Published,
     incoming: BTreeMap<Key, Written>,
     outgoing: BTreeMap<Key, Written>,
 }
@@ -125,16 +133,20 @@ impl Supervisor {
         manifests: &Path,
         outbox: Arc<Outbox>,
         options: WorkerOptions,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let engine = Engine::new(Environment {
             outbox,
             tokens: Tokens::new(Some(Arc::new(SecretFiles::Folder(manifests.to_owned())))),
             default_sink: Some(paths.tickets.clone()),
             options,
+            metrics: metrics.clone(),
         });
         Self {
             paths,
             engine,
+            metrics,
+            published: Published::default(),
             incoming: BTreeMap::new(),
             outgoing: BTreeMap::new(),
         }
@@ -147,6 +159,12 @@ impl Supervisor {
         let broken = snapshot.files_with_problems();
         self.reconcile_outgoing(snapshot, &broken);
         self.reconcile_incoming(snapshot, &broken).await;
+        *write_unpoisoned(&self.published) = self.engine.samples();
+    }
+
+    /// The running resources as of the last reconcile, for metrics.
+    pub(crate) fn published(&self) -> Published {
+        self.published.clone()
     }
 
     fn reconcile_outgoing(&mut self, snapshot: &Snapshot, broken: &BTreeSet<PathBuf>) {
@@ -162,7 +180,9 @@ impl Supervisor {
             tracing::info!(resource = %format!("{OUTGOING_KIND} {}", key), "removed");
         }
         for (key, loaded) in &snapshot.outgoing {
+            let began = Instant::now();
             self.engine.apply_outgoing(desired(snapshot, key, loaded));
+            self.metrics.reconciled(OUTGOING_KIND, began.elapsed());
             self.outgoing.entry(key.clone()).or_default().file = loaded.file.clone();
         }
     }
@@ -189,11 +209,18 @@ impl Supervisor {
                     .map(|(k, o)| (k.namespace.as_str(), o.object.spec.email.as_str())),
             );
             let state = self.paths.state.clone();
-            self.engine
+            let began = Instant::now();
+            let applied = self
+                .engine
                 .apply_incoming(desired(snapshot, key, loaded), &own, || {
                     Arc::new(FileCursorStore::new(&state))
                 })
                 .await;
+            self.metrics.reconciled(INCOMING_KIND, began.elapsed());
+            // The counterpart of the controller's WorkerStarted event.
+            if applied == Applied::Restarted {
+                tracing::info!(resource = %format!("{INCOMING_KIND} {}", key), "fetch worker restarted with the new configuration");
+            }
             self.incoming.entry(key.clone()).or_default().file = loaded.file.clone();
         }
     }

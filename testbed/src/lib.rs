@@ -17,12 +17,14 @@
 mod client;
 pub mod kube;
 pub mod oauth;
+mod policy;
 pub mod proxy;
+pub mod rt;
 mod tls;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -33,7 +35,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use client::{LineClient, tls_config};
-pub use tls::{TestCerts, generate as test_certificates};
+pub use tls::{TestCerts, acceptor as tls_acceptor, generate as test_certificates};
 
 /// The mail domain every test user lives in.
 pub const DOMAIN: &str = "mailroom.test";
@@ -225,9 +227,12 @@ pub struct Stack {
     startup: Duration,
     watchdog: Option<Child>,
     children: Mutex<Vec<Child>>,
+    /// The running Dovecot's process group (its master's pid).
+    dovecot: AtomicU32,
     mail_owner: (u32, u32),
     next_user: AtomicU32,
     oauth: oauth::OAuthProvider,
+    policy: policy::PolicyService,
     xoauth2_only: bool,
     sessions: Option<usize>,
     mail_store: MailStore,
@@ -256,7 +261,7 @@ fn render(template: &str, vars: &[(&str, String)]) -> String {
     })
 }
 
-fn run(command: &mut Command) -> Result<String, Error> {
+pub(crate) fn run(command: &mut Command) -> Result<String, Error> {
     let out = command.stdin(Stdio::null()).output().map_err(|e| {
         Error::Setup(format!(
             "cannot run {:?}: {e} (are Dovecot and Postfix installed? run scripts/install-deps)",
@@ -371,9 +376,11 @@ impl Stack {
             startup: Duration::ZERO,
             watchdog: Some(watchdog),
             children: Mutex::new(Vec::new()),
+            dovecot: AtomicU32::new(0),
             mail_owner: (0, 0),
             next_user: AtomicU32::new(1),
             oauth: oauth::OAuthProvider::start()?,
+            policy: policy::PolicyService::start()?,
             xoauth2_only: options.xoauth2_only,
             sessions: options.sessions,
             mail_store: options.mail_store,
@@ -435,6 +442,7 @@ impl Stack {
             ("SUBMISSION", p.submission.to_string()),
             ("SMTPS", p.smtps.to_string()),
             ("INTROSPECTION_URL", self.oauth.introspection_url()),
+            ("POLICY", self.policy.endpoint()),
             (
                 "TOKEN_MECHANISMS",
                 if self.xoauth2_only {
@@ -496,14 +504,18 @@ impl Stack {
         Ok(())
     }
 
-    fn spawn_servers(&mut self) -> Result<(), Error> {
-        let d = self.dir.clone();
-        let log = |name: &str| fs::File::create(d.join("log").join(name));
+    fn spawn_dovecot(&self) -> Result<(), Error> {
+        let log = |name: &str| {
+            fs::File::options()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("log").join(name))
+        };
         // Dovecot keeps the caller's stderr open: give it a file, never a pipe.
         let dovecot = Command::new("dovecot")
             .arg("-F")
             .arg("-c")
-            .arg(d.join("dovecot.conf"))
+            .arg(self.dir.join("dovecot.conf"))
             .stdin(Stdio::null())
             .stdout(log("dovecot.stdout")?)
             .stderr(log("dovecot.stderr")?)
@@ -514,7 +526,72 @@ impl Stack {
                     "cannot start dovecot: {e}; run scripts/install-deps"
                 ))
             })?;
-        self.track(dovecot)?;
+        self.dovecot.store(dovecot.id(), Ordering::Relaxed);
+        self.track(dovecot)
+    }
+
+    /// Sends `signal` to every Dovecot process (master, login and mail
+    /// processes share its process group).
+    fn signal_dovecot(&self, signal: rustix::process::Signal) -> Result<(), Error> {
+        let pgid = rustix::process::Pid::from_raw(self.dovecot.load(Ordering::Relaxed) as i32)
+            .ok_or_else(|| Error::Setup("dovecot is not running".into()))?;
+        rustix::process::kill_process_group(pgid, signal)
+            .map_err(|e| Error::Setup(format!("cannot signal dovecot: {e}")))
+    }
+
+    /// Makes Postfix answer `451 4.3.2` to every recipient of mail sent by
+    /// the SASL login `login` (`true`) or take it again (`false`), from the
+    /// next recipient on, open sessions included: a server saying "try again
+    /// later" for a while.
+    pub fn defer_mail_from(&self, login: &str, deferred: bool) {
+        self.policy.set_deferred(login, deferred);
+    }
+
+    /// Freezes Dovecot (SIGSTOP): connections stay open and nothing answers,
+    /// as with a hung server, until `resume_dovecot`.
+    pub fn pause_dovecot(&self) -> Result<(), Error> {
+        self.signal_dovecot(rustix::process::Signal::STOP)
+    }
+
+    pub fn resume_dovecot(&self) -> Result<(), Error> {
+        self.signal_dovecot(rustix::process::Signal::CONT)
+    }
+
+    /// Stops Dovecot (every session ends, nothing listens on its ports) until
+    /// `start_dovecot`: a mail server outage. SIGTERM goes to every Dovecot
+    /// process at once, as systemd's `restart` does to a service's cgroup.
+    pub fn stop_dovecot(&self) -> Result<(), Error> {
+        self.signal_dovecot(rustix::process::Signal::TERM)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(self.imaps()).is_ok() {
+            if Instant::now() > deadline {
+                return Err(Error::Setup("dovecot did not stop within 30 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Starts Dovecot again after `stop_dovecot`; returns once it greets.
+    pub fn start_dovecot(&self) -> Result<(), Error> {
+        self.spawn_dovecot()?;
+        let began = Instant::now();
+        while LineClient::tls(self.imaps(), &self.ca_pem)
+            .and_then(|c| self.greets(c, "* OK"))
+            .is_err()
+        {
+            if began.elapsed() > Duration::from_secs(30) {
+                return Err(self.not_ready(began, "IMAPS greeting after a restart".into()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn spawn_servers(&mut self) -> Result<(), Error> {
+        let d = self.dir.clone();
+        let log = |name: &str| fs::File::create(d.join("log").join(name));
+        self.spawn_dovecot()?;
 
         let etc = d.join("postfix/etc");
         // `postfix check` creates the queue directories with their owners.
@@ -538,14 +615,14 @@ impl Stack {
     }
 
     /// Records a server's process group for the watchdog.
-    fn track(&mut self, child: Child) -> Result<(), Error> {
+    fn track(&self, child: Child) -> Result<(), Error> {
         let mut f = fs::File::options()
             .create(true)
             .append(true)
             .open(self.dir.join("pgids"))?;
         writeln!(f, "{}", child.id())?;
         self.children
-            .get_mut()
+            .lock()
             .map_err(|_| Error::Setup("children lock poisoned".into()))?
             .push(child);
         Ok(())
@@ -960,6 +1037,38 @@ impl Stack {
         self.doveadm(&["mailbox", "create", "-u", user, folder])
             .map(drop)
     }
+
+    /// Deletes a folder and its mail (`-r`: with its subfolders, `-s`: even
+    /// if subscribed).
+    pub fn delete_folder(&self, user: &str, folder: &str) -> Result<(), Error> {
+        self.doveadm(&["mailbox", "delete", "-r", "-s", "-u", user, folder])
+            .map(drop)
+    }
+
+    pub fn rename_folder(&self, user: &str, from: &str, to: &str) -> Result<(), Error> {
+        self.doveadm(&["mailbox", "rename", "-u", user, from, to])
+            .map(drop)
+    }
+
+    /// Gives a folder a new UIDVALIDITY, as a server does when it rebuilds
+    /// its index: every UID a client knew is void.
+    pub fn renumber_folder(
+        &self,
+        user: &str,
+        folder: &str,
+        uid_validity: u32,
+    ) -> Result<(), Error> {
+        self.doveadm(&[
+            "mailbox",
+            "update",
+            "-u",
+            user,
+            "--uid-validity",
+            &uid_validity.to_string(),
+            folder,
+        ])
+        .map(drop)
+    }
 }
 
 impl Drop for Stack {
@@ -980,7 +1089,7 @@ impl Drop for Stack {
     }
 }
 
-fn random_password() -> String {
+pub(crate) fn random_password() -> String {
     (0..16).map(|_| fastrand::lowercase()).collect()
 }
 

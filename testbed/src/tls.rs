@@ -50,3 +50,25 @@ pub fn generate() -> Result<TestCerts, Error> {
         server_key_pem: leaf_key.serialize_pem(),
     })
 }
+
+/// A TLS acceptor serving `certs`' server certificate, offering `alpn`.
+pub fn acceptor(certs: &TestCerts, alpn: &[&[u8]]) -> Result<tokio_rustls::TlsAcceptor, Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = vec![
+        CertificateDer::from_pem_slice(certs.server_pem.as_bytes())
+            .map_err(|e| Error::Tls(e.to_string()))?,
+    ];
+    let key = PrivateKeyDer::from_pem_slice(certs.server_key_pem.as_bytes())
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| Error::Tls(e.to_string()))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}

@@ -52,6 +52,11 @@ impl Replica {
         self.child.is_some()
     }
 
+    /// Resident memory of the running process, in KiB.
+    pub fn resident_kib(&self) -> Option<u64> {
+        super::resident_kib(self.child.as_ref()?.id())
+    }
+
     /// "running", "exited: …", or "stopped by the test".
     fn state(&self) -> String {
         match &self.child {

@@ -4,6 +4,9 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod outgoing;
+pub mod standalone;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,6 +23,19 @@ use testbed::{Stack, User};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Resident memory of process `pid`, in KiB.
+pub fn resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// How many IMAP sessions Dovecot holds for `user` now.
 pub fn imap_sessions(stack: &Stack, user: &User) -> usize {
     stack
@@ -31,6 +47,14 @@ pub fn imap_sessions(stack: &Stack, user: &User) -> usize {
 }
 
 /// A loopback port nothing listens on now.
+/// A count from the environment (a bench's setting), else `default`.
+pub fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 pub fn free_port() -> u16 {
     testbed::free_port().unwrap()
 }
@@ -211,6 +235,7 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub status: u16,
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -220,6 +245,28 @@ impl Received {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+
+    pub fn header_map(&self) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in &self.headers {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+}
+
+/// How the webhook receiver answers besides the status.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Behaviour {
+    /// Each answer comes this long after its request: a slow helpdesk.
+    pub delay: std::time::Duration,
+    /// `Retry-After` on 429 and 503 answers.
+    pub retry_after: Option<&'static str>,
+    /// The body of 2xx answers (JSON), none when unset.
+    pub body: Option<&'static str>,
 }
 
 /// A minimal HTTP/1.1 receiver for webhook tests; `answer` picks the status of
@@ -227,18 +274,30 @@ impl Received {
 pub struct WebhookReceiver {
     pub url: String,
     pub received: Arc<Mutex<Vec<Received>>>,
+    /// The most requests it held at once.
+    pub most_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl WebhookReceiver {
     pub async fn start(answer: impl Fn(usize) -> u16 + Send + Sync + 'static) -> Self {
+        Self::serve(Behaviour::default(), answer).await
+    }
+
+    pub async fn serve(
+        behaviour: Behaviour,
+        answer: impl Fn(usize) -> u16 + Send + Sync + 'static,
+    ) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/tickets", listener.local_addr().unwrap());
         let received = Arc::new(Mutex::new(Vec::new()));
-        let log = received.clone();
+        let most_in_flight = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (log, most) = (received.clone(), most_in_flight.clone());
         let answer = Arc::new(answer);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let log = log.clone();
+                let (log, most, in_flight) = (log.clone(), most.clone(), in_flight.clone());
                 let answer = answer.clone();
                 tokio::spawn(async move {
                     let mut reader = tokio::io::BufReader::new(stream);
@@ -248,6 +307,8 @@ impl WebhookReceiver {
                         if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
                             return;
                         }
+                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
                         let mut headers = Vec::new();
                         loop {
                             let mut h = String::new();
@@ -274,10 +335,26 @@ impl WebhookReceiver {
                                 headers,
                                 body,
                                 status,
+                                at: std::time::Instant::now(),
                             });
                             status
                         };
-                        let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+                        tokio::time::sleep(behaviour.delay).await;
+                        let retry_after = match behaviour.retry_after {
+                            Some(v) if status == 429 || status == 503 => {
+                                format!("Retry-After: {v}\r\n")
+                            }
+                            _ => String::new(),
+                        };
+                        let body = match behaviour.body {
+                            Some(b) if (200..300).contains(&status) => b,
+                            _ => "",
+                        };
+                        let reply = format!(
+                            "HTTP/1.1 {status} X\r\n{retry_after}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
                         if reader.get_mut().write_all(reply.as_bytes()).await.is_err() {
                             return;
                         }
@@ -285,7 +362,11 @@ impl WebhookReceiver {
                 });
             }
         });
-        Self { url, received }
+        Self {
+            url,
+            received,
+            most_in_flight,
+        }
     }
 
     pub fn requests(&self) -> Vec<Received> {

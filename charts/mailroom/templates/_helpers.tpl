@@ -43,7 +43,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   verbs: ["update"]
 - apiGroups: [""]
   resources: ["secrets"]
+  {{- if eq (toString .Values.rbac.secretUpdate) "all" }}
   verbs: ["get", "list", "watch", "update"]
+  {{- else }}
+  verbs: ["get", "list", "watch"]
+  {{- end }}
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "list", "watch", "create", "patch"]

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod connection;
 pub mod filter;
+pub mod fuzzing;
 pub mod incoming;
 pub mod oauth2;
 pub mod outgoing;

@@ -71,6 +71,19 @@ pub enum AfterProcessing {
     Keep,
 }
 
+/// What the first start on a mailbox takes (the first session, with no cursor
+/// saved yet). Unprocessed: what afterProcessing has not touched — unseen mail
+/// with MarkSeen, everything in the folder otherwise, everything on a POP3
+/// server. All: every message there, seen or not. NewOnly: nothing that is
+/// there already, only mail that arrives from then on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum FirstStart {
+    #[default]
+    Unprocessed,
+    All,
+    NewOnly,
+}
+
 /// Active creates tickets and applies afterProcessing. DryRun connects, fetches and
 /// judges every message, reports in status what would have become a ticket or been
 /// rejected, and touches nothing.

@@ -201,26 +201,7 @@ fn token() -> String {
 impl KubeApi {
     pub fn start(opts: KubeOptions) -> Result<Self, Error> {
         let certs = crate::tls::generate()?;
-        let tls = {
-            use rustls::pki_types::pem::PemObject;
-            use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-            let chain = vec![
-                CertificateDer::from_pem_slice(certs.server_pem.as_bytes())
-                    .map_err(|e| Error::Tls(e.to_string()))?,
-            ];
-            let key = PrivateKeyDer::from_pem_slice(certs.server_key_pem.as_bytes())
-                .map_err(|e| Error::Tls(e.to_string()))?;
-            let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Tls(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|e| Error::Tls(e.to_string()))?;
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            tokio_rustls::TlsAcceptor::from(Arc::new(config))
-        };
+        let tls = crate::tls::acceptor(&certs, &[b"http/1.1"])?;
 
         let mut store = Store::new(opts.history);
         let state_file = opts.state_dir.as_ref().map(|d| d.join("state.json"));

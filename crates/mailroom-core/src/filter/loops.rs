@@ -25,11 +25,13 @@ impl Default for RateLimit {
     }
 }
 
-/// Counts events per key in a sliding window.
+/// Counts events per key in a sliding window. An event that names itself
+/// (a Message-ID) counts once: a message judged again after its delivery
+/// failed is the same message, not one more from its sender.
 #[derive(Debug, Default)]
 pub struct SlidingLimit {
     limit: RateLimit,
-    seen: HashMap<String, VecDeque<Instant>>,
+    seen: HashMap<String, VecDeque<(Instant, Option<String>)>>,
 }
 
 impl SlidingLimit {
@@ -45,20 +47,25 @@ impl SlidingLimit {
     }
 
     /// Counts one event for `key` at `now`; when `key` already had `max` within
-    /// the window, nothing is counted and the number seen is returned.
-    pub(crate) fn admit(&mut self, key: &str, now: Instant) -> Result<(), usize> {
+    /// the window, nothing is counted and the number seen is returned. An
+    /// event `id` already counted within the window is admitted again
+    /// without counting.
+    pub(crate) fn admit(&mut self, key: &str, id: Option<&str>, now: Instant) -> Result<(), usize> {
         let window = self.limit.window;
         let times = self.seen.entry(key.to_owned()).or_default();
         while times
             .front()
-            .is_some_and(|t| now.duration_since(*t) >= window)
+            .is_some_and(|(t, _)| now.duration_since(*t) >= window)
         {
             times.pop_front();
+        }
+        if id.is_some() && times.iter().any(|(_, seen)| seen.as_deref() == id) {
+            return Ok(());
         }
         if times.len() >= self.limit.max as usize {
             return Err(times.len());
         }
-        times.push_back(now);
+        times.push_back((now, id.map(str::to_owned)));
         Ok(())
     }
 }
@@ -153,7 +160,10 @@ impl LoopProtection {
     /// Counts a would-be ticket; refuses it when the sender is over the limit.
     pub(crate) fn rate_limit(&mut self, facts: &MessageFacts, now: Instant) -> Option<Verdict> {
         let key = facts.sender_key.as_ref()?;
-        let seen = self.limit.admit(key, now).err()?;
+        let seen = self
+            .limit
+            .admit(key, facts.message_id.as_deref(), now)
+            .err()?;
         Some(Verdict::reject(
             "loop:rateLimit",
             format!(

@@ -8,7 +8,7 @@ use regex::Regex;
 
 use crate::config::ServerSettings;
 use crate::filter::{Filter, OwnAddresses, RateLimit};
-use crate::vocab::{AfterProcessing, IncomingProtocol, Mode};
+use crate::vocab::{AfterProcessing, FirstStart, IncomingProtocol, Mode};
 
 /// Default pattern of a ticket reference in a subject: `[#1234]`.
 pub const DEFAULT_REFERENCE_PATTERN: &str = r"\[#(\d+)\]";
@@ -23,6 +23,9 @@ pub struct TicketSettings {
     pub technician_group: Option<String>,
     pub category: Option<String>,
     pub reference: Regex,
+    /// The sink's own subject tag (Request Tracker's `[rtname #123]`), also a
+    /// reference.
+    pub sink_tag: Option<Regex>,
 }
 
 #[derive(Clone, Debug)]
@@ -31,6 +34,7 @@ pub struct IncomingSettings {
     pub protocol: IncomingProtocol,
     pub mailbox: String,
     pub after_processing: AfterProcessing,
+    pub first_start: FirstStart,
     pub move_to: Option<String>,
     pub quarantine_folder: String,
     pub max_message_size: u64,

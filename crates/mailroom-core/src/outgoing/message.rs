@@ -60,6 +60,11 @@ pub struct OutgoingMessage {
     pub in_reply_to: Option<String>,
     #[serde(default)]
     pub references: Vec<String>,
+    /// Left side of the Message-ID, for messages whose id others must
+    /// recognise (acknowledgements); else a new unique one. Never taken from
+    /// a submission.
+    #[serde(skip)]
+    pub message_id_local: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

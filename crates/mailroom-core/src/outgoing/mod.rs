@@ -8,6 +8,7 @@ pub mod pool;
 pub mod settings;
 pub mod smtp;
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -26,18 +27,37 @@ use smtp::{RcptAnswer, TransactionError};
 pub const DEFAULT_POOL_SIZE: usize = 4;
 
 /// Counters of one server, kept across restarts of its configuration.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SendStats {
     /// Messages the server accepted (for at least one recipient).
     pub sent: AtomicU64,
     /// Recipients the filter blocked.
     pub blocked: AtomicU64,
-    /// Attempts that failed: unreachable, refused sign-in, refused message.
+    /// Attempts that failed: unreachable, refused sign-in, refused message,
+    /// or every recipient answered "try again later" (4xx).
     pub failed: AtomicU64,
     /// Messages for this server that the primary sent instead.
     pub failovers: AtomicU64,
     pub last_sent_at: Mutex<Option<jiff::Timestamp>>,
     pub rejections: Mutex<RejectionLog>,
+    /// Seconds each SMTP transaction took, accepted or not.
+    pub duration: Histogram,
+}
+
+impl Default for SendStats {
+    fn default() -> Self {
+        Self {
+            sent: AtomicU64::default(),
+            blocked: AtomicU64::default(),
+            failed: AtomicU64::default(),
+            failovers: AtomicU64::default(),
+            last_sent_at: Mutex::default(),
+            rejections: Mutex::default(),
+            // 10 ms to about 80 s: a local relay answers in milliseconds, a
+            // slow provider with greylisting in tens of seconds.
+            duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+        }
+    }
 }
 
 /// One OutgoingEmailServer, ready to send.
@@ -202,6 +222,7 @@ impl Outbox {
         name: Option<&str>,
         message: &OutgoingMessage,
     ) -> Result<SendReport, SendError> {
+        let local = message.message_id_local.clone();
         let message = message.validate()?;
         let recipients = message.recipients.clone();
         let primary = self.primary(namespace);
@@ -214,7 +235,11 @@ impl Outbox {
                 namespace: namespace.to_owned(),
             })?,
         };
-        let message_id = new_message_id(&chosen.settings.message_id_domain);
+        let domain = &chosen.settings.message_id_domain;
+        let message_id = match &local {
+            Some(local) => format!("<{local}@{domain}>"),
+            None => new_message_id(domain),
+        };
         let identity = chosen.identity();
         let first = attempt(&chosen, &message, &message_id, &identity, recipients).await?;
         let mut report = SendReport {
@@ -245,9 +270,25 @@ impl Outbox {
                     ),
                     ..primary.identity()
                 };
+                // What the chosen server answered stays in the report: the
+                // caller learns that it failed, not only that the primary sent.
+                let reasons: BTreeMap<String, String> = first
+                    .retry
+                    .iter()
+                    .map(|(a, why)| (a.to_string(), why.clone()))
+                    .collect();
                 let rest = first.retry.into_iter().map(|(a, _)| a).collect();
                 let second = attempt(&primary, &message, &message_id, &via, rest).await?;
-                report.recipients.extend(second.done);
+                report
+                    .recipients
+                    .extend(second.done.into_iter().map(|mut r| {
+                        if r.detail.is_none()
+                            && let Some(why) = reasons.get(&r.address)
+                        {
+                            r.detail = Some(format!("{} could not take it: {why}", chosen.name));
+                        }
+                        r
+                    }));
                 report.recipients.extend(
                     second
                         .retry
@@ -330,16 +371,22 @@ async fn attempt(
         field: "email".into(),
         message: format!("the server's address is not valid: {e}"),
     })?;
+    let began = std::time::Instant::now();
     let sent = server
         .pool
         .send(&server.settings, &from, &allowed, &built.bytes)
         .await;
+    server.stats.duration.observe(began.elapsed().as_secs_f64());
     let mut retry = Vec::new();
     match sent {
         Ok(answers) => {
             if answers.contains(&RcptAnswer::Accepted) {
                 server.stats.sent.fetch_add(1, Ordering::Relaxed);
                 *unpoisoned(&server.stats.last_sent_at) = Some(jiff::Timestamp::now());
+            } else if answers.iter().any(|a| matches!(a, RcptAnswer::Deferred(_))) {
+                // "Try again later" for every recipient: the server did not
+                // take the message, as much as when it is unreachable.
+                server.stats.failed.fetch_add(1, Ordering::Relaxed);
             }
             for (rcpt, answer) in allowed.into_iter().zip(answers) {
                 let (outcome, detail) = match answer {

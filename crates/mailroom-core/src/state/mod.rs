@@ -1,6 +1,7 @@
 //! Durable fetch cursors behind a small interface: a file implementation here,
 //! one backed by the cluster in the controller.
 
+mod threads;
 mod uidls;
 
 use std::fs;
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use threads::{ACK_PREFIX, CAPACITY as THREAD_CAPACITY, Thread, ThreadMap, acknowledged_key};
 pub use uidls::UidlSet;
 
 /// How far a mailbox has been processed.
@@ -27,6 +29,10 @@ pub struct Cursor {
     /// lost (the session ended before QUIT committed it).
     #[serde(default, skip_serializing_if = "UidlSet::is_empty")]
     pub pop3_kept: UidlSet,
+    /// Which ticket each recently delivered message belongs to, for replies
+    /// that name it in `In-Reply-To`/`References`.
+    #[serde(default, skip_serializing_if = "ThreadMap::is_empty")]
+    pub threads: ThreadMap,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +152,7 @@ mod tests {
             }),
             pop3_seen: ["a"].into_iter().collect(),
             pop3_kept: ["a"].into_iter().collect(),
+            threads: ThreadMap::default(),
         };
         store.save("helpdesk/support", &cursor).await.unwrap();
         assert_eq!(store.load("helpdesk/support").await.unwrap(), Some(cursor));

@@ -58,17 +58,66 @@ pub struct Ticket {
     pub date: Option<String>,
     /// When mailroom took the message in, RFC 3339.
     pub received_at: String,
+    /// When the mail server received the message, RFC 3339: IMAP's
+    /// INTERNALDATE, else the date of the newest Received header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrived_at: Option<String>,
     /// The sender asked for no automatic answers (`X-Auto-Response-Suppress`
     /// All, AutoReply or OOF): mailroom sends no acknowledgement, and a
     /// helpdesk should send none either.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auto_reply_suppressed: bool,
+    /// Set when the message answers a known ticket: it is a reply, to be
+    /// added to that ticket rather than opening one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<ReplyTo>,
+}
+
+/// How a reply was matched to its ticket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ThreadMatch {
+    /// The subject carries the ticket's reference (`[#1234]`, the sink's tag).
+    Subject,
+    /// `In-Reply-To` or `References` name a message delivered for the ticket,
+    /// or an acknowledgement of it.
+    Thread,
+}
+
+/// The ticket a reply answers. At least one of `ticket` and `originalKey`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplyTo {
+    /// The helpdesk's name for the ticket (the subject's reference, or what
+    /// the sink answered when the ticket was made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    /// Idempotency key of the message that opened the ticket, when mailroom
+    /// delivered it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_key: Option<String>,
+    pub matched_by: ThreadMatch,
+}
+
+impl Ticket {
+    /// The idempotency key of the message that opened this message's
+    /// ticket: its own for a new ticket.
+    pub fn root_key(&self) -> &str {
+        self.reply_to
+            .as_ref()
+            .and_then(|r| r.original_key.as_deref())
+            .unwrap_or(&self.idempotency_key)
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TicketError {
     #[error("the message could not be parsed as mail (no header section)")]
     Unparseable,
+    #[error(
+        "the mail parser failed on the message (its MIME structure is broken); it is kept aside so that the rest flows"
+    )]
+    ParserFailed,
 }
 
 fn mailboxes(address: Option<&Address<'_>>) -> Vec<Mailbox> {
@@ -112,10 +161,13 @@ pub(crate) fn idempotency_key(mailbox: &str, message_id: Option<&str>, raw: &[u8
     hex::encode(hash.finalize())
 }
 
-/// Parses a message; one without any header section is refused.
+/// Parses a message; one without any header section is refused, and so is
+/// one the parser panics on (mail-parser 0.11 asserts on some broken MIME
+/// nesting in builds with debug assertions): hostile mail must not stop a
+/// mailbox.
 pub fn parse(raw: &[u8]) -> Result<Message<'_>, TicketError> {
-    let message = MessageParser::default()
-        .parse(raw)
+    let message = std::panic::catch_unwind(|| MessageParser::default().parse(raw))
+        .map_err(|_| TicketError::ParserFailed)?
         .ok_or(TicketError::Unparseable)?;
     if message.headers().is_empty() {
         return Err(TicketError::Unparseable);
@@ -142,9 +194,9 @@ pub fn from_message(
     let message_id = message.message_id().map(str::to_owned);
     let subject = message.subject().map(str::to_owned);
     let ticket_reference = subject.as_deref().and_then(|s| {
-        settings
-            .reference
-            .captures(s)
+        std::iter::once(&settings.reference)
+            .chain(&settings.sink_tag)
+            .find_map(|pattern| pattern.captures(s))
             .and_then(|c| c.get(1).or_else(|| c.get(0)))
             .map(|m| m.as_str().to_owned())
     });
@@ -192,7 +244,13 @@ pub fn from_message(
         ticket_reference,
         date: message.date().map(|d| d.to_rfc3339()),
         received_at: received_at.to_string(),
+        arrived_at: message
+            .received()
+            .and_then(|r| r.date())
+            .and_then(|d| jiff::Timestamp::from_second(d.to_timestamp()).ok())
+            .map(|t| t.to_string()),
         auto_reply_suppressed: false,
+        reply_to: None,
     }
 }
 
@@ -208,6 +266,7 @@ mod tests {
             technician_group: Some("Service Desk".into()),
             category: Some("Hardware".into()),
             reference: Regex::new(r"\[#(\d+)\]").unwrap(),
+            sink_tag: Some(Regex::new(r"(?i)\[rt\.test\s+#(\d+)\s*\]").unwrap()),
         }
     }
 
@@ -251,6 +310,13 @@ mod tests {
             t.idempotency_key,
             idempotency_key("helpdesk/support", Some("abc@company.com"), b"")
         );
+    }
+
+    #[test]
+    fn the_sinks_own_tag_is_a_reference_too() {
+        let raw = b"From: a@b.c\r\nSubject: Re: [RT.test  #77 ] printer\r\n\r\nthanks\r\n";
+        let t = map(raw, &settings(), jiff::Timestamp::now()).unwrap();
+        assert_eq!(t.ticket_reference.as_deref(), Some("77"));
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! fails with a `Failure` that names it.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::time::Duration;
 
-use async_imap::types::{Fetch, Mailbox};
-use futures::TryStreamExt;
+use async_imap::imap_proto::{AttributeValue, MailboxDatum, Response, Status};
+use async_imap::types::{Mailbox, UnsolicitedResponse};
 use tokio::sync::watch;
 
 use super::{IMAP, ImapSession, mailbox_failure};
@@ -22,6 +23,17 @@ pub(crate) struct ImapMailbox {
     caps: HashSet<String>,
     /// Folders created (or found) in this session.
     created: HashSet<String>,
+    /// The server announced new mail (EXISTS or RECENT) while answering a
+    /// command.
+    arrived: bool,
+}
+
+/// A message as UID FETCH returned it.
+pub(crate) struct FetchedMessage {
+    pub uid: u32,
+    /// INTERNALDATE: when the server received it.
+    pub arrived: Option<jiff::Timestamp>,
+    pub raw: Vec<u8>,
 }
 
 impl ImapMailbox {
@@ -34,6 +46,7 @@ impl ImapMailbox {
                 .map(|c| c.to_ascii_uppercase())
                 .collect(),
             created: HashSet::new(),
+            arrived: false,
         }
     }
 
@@ -55,37 +68,74 @@ impl ImapMailbox {
         .await
     }
 
-    /// `UID SEARCH query`.
-    pub(crate) async fn search(&mut self, query: &str) -> Result<Vec<u32>, Failure> {
-        let session = &mut self.session;
-        within(self.io, "searching new mail", async {
-            session
-                .uid_search(query)
-                .await
-                .map(|found| found.into_iter().collect())
-                .map_err(|e| protocol_error(IMAP, "UID SEARCH", e))
+    /// Sends `command` and reads its answer up to the tagged completion,
+    /// handing each untagged response to `take`. The answer counts only when
+    /// that completion is OK. async-imap's streamed commands (SEARCH, FETCH,
+    /// STORE, EXPUNGE) end quietly on a NO and on a closed connection alike,
+    /// which reads as success: a STORE lost to a restarting server left mail
+    /// unmarked behind the cursor, and a FETCH cut short skipped mail.
+    async fn tagged<T>(
+        &mut self,
+        command: &str,
+        verb: &str,
+        what: &str,
+        mut take: impl FnMut(&Response<'_>) -> Option<T>,
+    ) -> Result<Vec<T>, Failure> {
+        let Self {
+            session,
+            io,
+            arrived,
+            ..
+        } = self;
+        let fail = |e: &dyn fmt::Display| protocol_error(IMAP, verb, e);
+        within(*io, what, async {
+            let tag = session.run_command(command).await.map_err(|e| fail(&e))?;
+            let mut taken = Vec::new();
+            loop {
+                let response = session
+                    .read_response()
+                    .await
+                    .map_err(|e| fail(&e))?
+                    .ok_or_else(|| fail(&"the server closed the connection before answering"))?;
+                match response.parsed() {
+                    Response::Done {
+                        tag: done,
+                        status,
+                        outcome,
+                    } if *done == tag => {
+                        return match status {
+                            Status::Ok => Ok(taken),
+                            other => Err(fail(&format!(
+                                "the server answered {}: {}",
+                                format!("{other:?}").to_ascii_uppercase(),
+                                outcome.information.as_deref().unwrap_or("").trim()
+                            ))),
+                        };
+                    }
+                    Response::MailboxData(MailboxDatum::Exists(_) | MailboxDatum::Recent(_)) => {
+                        *arrived = true;
+                    }
+                    parsed => taken.extend(take(parsed)),
+                }
+            }
         })
         .await
     }
 
-    /// `UID FETCH` of `set` with `items`, every answer collected.
-    pub(crate) async fn fetch(
-        &mut self,
-        set: &str,
-        items: &str,
-        what: &str,
-    ) -> Result<Vec<Fetch>, Failure> {
-        let session = &mut self.session;
-        within(self.io, what, async {
-            session
-                .uid_fetch(set, items)
-                .await
-                .map_err(|e| protocol_error(IMAP, "UID FETCH", e))?
-                .try_collect()
-                .await
-                .map_err(|e| protocol_error(IMAP, "UID FETCH", e))
-        })
-        .await
+    /// `UID SEARCH query`.
+    pub(crate) async fn search(&mut self, query: &str) -> Result<Vec<u32>, Failure> {
+        let found = self
+            .tagged(
+                &format!("UID SEARCH {query}"),
+                "UID SEARCH",
+                "searching new mail",
+                |r| match r {
+                    Response::MailboxData(MailboxDatum::Search(uids)) => Some(uids.clone()),
+                    _ => None,
+                },
+            )
+            .await?;
+        Ok(found.into_iter().flatten().collect())
     }
 
     /// The sizes of `uids`, in their order, from the server's index: no
@@ -95,13 +145,21 @@ impl ImapMailbox {
         let mut known: HashMap<u32, u64> = HashMap::with_capacity(uids.len());
         for set in uid_sets(uids) {
             let fetched = self
-                .fetch(&set, "(UID RFC822.SIZE)", "reading message sizes")
+                .tagged(
+                    &format!("UID FETCH {set} (UID RFC822.SIZE)"),
+                    "UID FETCH",
+                    "reading message sizes",
+                    |r| {
+                        let attrs = fetch_attributes(r)?;
+                        let size = attrs.iter().find_map(|a| match a {
+                            AttributeValue::Rfc822Size(size) => Some(u64::from(*size)),
+                            _ => None,
+                        })?;
+                        Some((uid_of(attrs)?, size))
+                    },
+                )
                 .await?;
-            known.extend(
-                fetched
-                    .iter()
-                    .filter_map(|f| Some((f.uid?, u64::from(f.size?)))),
-            );
+            known.extend(fetched);
         }
         Ok(uids
             .iter()
@@ -109,13 +167,39 @@ impl ImapMailbox {
             .collect())
     }
 
-    /// The whole messages `uids`, without setting `\Seen`.
-    pub(crate) async fn bodies(&mut self, uids: &[u32]) -> Result<Vec<Fetch>, Failure> {
+    /// The whole messages `uids`, without setting `\Seen`. Only answers that
+    /// carry a body count: a flag change the server reports for another
+    /// message meanwhile is not a message.
+    pub(crate) async fn bodies(&mut self, uids: &[u32]) -> Result<Vec<FetchedMessage>, Failure> {
         if uids.is_empty() {
             return Ok(Vec::new());
         }
-        self.fetch(&uid_set(uids), "(UID BODY.PEEK[])", "fetching messages")
-            .await
+        self.tagged(
+            &format!("UID FETCH {} (UID INTERNALDATE BODY.PEEK[])", uid_set(uids)),
+            "UID FETCH",
+            "fetching messages",
+            |r| {
+                let attrs = fetch_attributes(r)?;
+                let raw = attrs.iter().find_map(|a| match a {
+                    AttributeValue::BodySection {
+                        section: None,
+                        data: Some(raw),
+                        ..
+                    } => Some(raw.to_vec()),
+                    _ => None,
+                })?;
+                let arrived = attrs.iter().find_map(|a| match a {
+                    AttributeValue::InternalDate(date) => internal_date(date),
+                    _ => None,
+                });
+                Some(FetchedMessage {
+                    uid: uid_of(attrs)?,
+                    arrived,
+                    raw,
+                })
+            },
+        )
+        .await
     }
 
     /// Sets `\Seen` on `uids`.
@@ -125,19 +209,10 @@ impl ImapMailbox {
     }
 
     async fn store(&mut self, uids: &[u32], change: &str, what: &str) -> Result<(), Failure> {
-        let set = uid_set(uids);
-        let session = &mut self.session;
-        within(self.io, what, async {
-            session
-                .uid_store(&set, change)
-                .await
-                .map_err(|e| protocol_error(IMAP, "UID STORE", e))?
-                .try_collect::<Vec<_>>()
-                .await
-                .map(drop)
-                .map_err(|e| protocol_error(IMAP, "UID STORE", e))
-        })
-        .await
+        let command = format!("UID STORE {} {change}", uid_set(uids));
+        self.tagged(&command, "UID STORE", what, |_| None::<()>)
+            .await
+            .map(drop)
     }
 
     /// Creates `folder` once per session. CREATE of an existing folder fails
@@ -190,30 +265,15 @@ impl ImapMailbox {
     pub(crate) async fn delete(&mut self, uids: &[u32]) -> Result<(), Failure> {
         self.store(uids, "+FLAGS.SILENT (\\Deleted)", "deleting mail")
             .await?;
-        let set = uid_set(uids);
-        let uidplus = self.caps.contains("UIDPLUS");
-        let session = &mut self.session;
-        within(self.io, "deleting mail", async {
-            if uidplus {
-                let _: Vec<_> = session
-                    .uid_expunge(&set)
-                    .await
-                    .map_err(|e| protocol_error(IMAP, "UID EXPUNGE", e))?
-                    .try_collect()
-                    .await
-                    .map_err(|e| protocol_error(IMAP, "UID EXPUNGE", e))?;
-            } else {
-                let _: Vec<_> = session
-                    .expunge()
-                    .await
-                    .map_err(|e| protocol_error(IMAP, "EXPUNGE", e))?
-                    .try_collect()
-                    .await
-                    .map_err(|e| protocol_error(IMAP, "EXPUNGE", e))?;
-            }
-            Ok(())
-        })
-        .await
+        let command = if self.caps.contains("UIDPLUS") {
+            format!("UID EXPUNGE {}", uid_set(uids))
+        } else {
+            "EXPUNGE".to_owned()
+        };
+        let verb = command.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        self.tagged(&command, &verb, "deleting mail", |_| None::<()>)
+            .await
+            .map(drop)
     }
 
     /// NOOP: lets the server report new mail while polling.
@@ -240,11 +300,28 @@ impl ImapMailbox {
             io,
             caps,
             created,
+            mut arrived,
         } = self;
         // Responses the server volunteered during the last commands (EXISTS,
-        // FLAGS, …): the worker finds new mail by UID search and never reads
-        // them, and each one holds its 4 KiB read buffer while queued.
-        while session.unsolicited_responses.try_recv().is_ok() {}
+        // FLAGS, …) each hold a 4 KiB read buffer while queued: drain them.
+        // An EXISTS or RECENT among them is mail that arrived after the last
+        // search; the server announced it already and will not again in
+        // IDLE, so the worker searches again at once instead.
+        while let Ok(response) = session.unsolicited_responses.try_recv() {
+            arrived |= matches!(
+                response,
+                UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_)
+            );
+        }
+        if arrived {
+            return Ok(Self {
+                session,
+                io,
+                caps,
+                created,
+                arrived: false,
+            });
+        }
         let mut handle = session.idle();
         within(io, "starting IDLE", async {
             handle
@@ -277,6 +354,7 @@ impl ImapMailbox {
             io,
             caps,
             created,
+            arrived: false,
         })
     }
 
@@ -290,5 +368,42 @@ impl ImapMailbox {
                 .map_err(|e| protocol_error(IMAP, "LOGOUT", e))
         })
         .await;
+    }
+}
+
+/// The attributes of a FETCH answer.
+fn fetch_attributes<'a>(response: &'a Response<'_>) -> Option<&'a [AttributeValue<'a>]> {
+    match response {
+        Response::Fetch(_, attrs) => Some(attrs),
+        _ => None,
+    }
+}
+
+fn uid_of(attrs: &[AttributeValue<'_>]) -> Option<u32> {
+    attrs.iter().find_map(|a| match a {
+        AttributeValue::Uid(uid) => Some(*uid),
+        _ => None,
+    })
+}
+
+/// An IMAP date-time (`" 1-Dec-2026 10:16:44 +0000"`: the day may be padded
+/// with a space).
+fn internal_date(date: &str) -> Option<jiff::Timestamp> {
+    jiff::fmt::strtime::parse("%d-%b-%Y %H:%M:%S %z", date.trim())
+        .and_then(|t| t.to_timestamp())
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_dates_read_with_either_day_form() {
+        let padded = internal_date(" 1-Dec-2026 10:16:44 +0100").unwrap();
+        assert_eq!(padded.to_string(), "2026-12-01T09:16:44Z");
+        let two = internal_date("17-Jul-1996 02:44:25 -0700").unwrap();
+        assert_eq!(two.to_string(), "1996-07-17T09:44:25Z");
+        assert_eq!(internal_date("yesterday"), None);
     }
 }

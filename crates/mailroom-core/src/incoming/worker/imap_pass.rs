@@ -8,13 +8,13 @@ use std::collections::VecDeque;
 
 use tokio::task::JoinHandle;
 
-use super::{Scanning, SessionEnd, Worker, WorkerEvent};
+use super::{QuarantineKind, Scanning, SessionEnd, Worker, WorkerEvent};
 use crate::connection::Probe;
 use crate::incoming::imap::{self, ImapMailbox};
 use crate::incoming::judging::Judged;
 use crate::incoming::plan::{BATCH_BYTES, batches};
 use crate::sinks::{Delivery, SinkError};
-use crate::vocab::{AfterProcessing, ConnectionStage};
+use crate::vocab::{AfterProcessing, ConnectionStage, FirstStart};
 
 /// Batches judged and written while the next one is fetched: two, so that
 /// the ticket writer works on one while the other waits for the disk.
@@ -28,7 +28,7 @@ type BatchWork = JoinHandle<Result<(Judged, Result<Vec<Delivery>, SinkError>), S
 struct FetchedChunk {
     work: BatchWork,
     /// Oversized messages, never downloaded.
-    quarantine: Vec<(u32, String)>,
+    quarantine: Vec<(u32, QuarantineKind, String)>,
     newest: u32,
 }
 
@@ -58,7 +58,7 @@ impl Worker {
 
         let uid_validity = selected.uid_validity.unwrap_or(0);
         let uid_next = selected.uid_next.unwrap_or(1);
-        let mut cursor = self.load_cursor().await?;
+        let (mut cursor, first_start) = self.load_cursor().await?;
         // First start, or the server renumbered the mailbox (UIDVALIDITY changed):
         // what was processed can no longer be told by UID, so take what
         // afterProcessing has not touched (unseen mail, or everything left when
@@ -68,6 +68,17 @@ impl Worker {
             .imap
             .filter(|c| c.uid_validity == uid_validity)
             .map(|c| c.last_uid);
+        let first_start = first_start.then_some(self.settings.first_start);
+        if first_start == Some(FirstStart::NewOnly) {
+            // Nothing already there is taken: the cursor starts past it.
+            self.advance(
+                &mut cursor,
+                uid_validity,
+                &mut last_uid,
+                uid_next.saturating_sub(1),
+            )
+            .await?;
+        }
 
         let idle = self.settings.real_time && mailbox.offers("IDLE");
         self.emit(WorkerEvent::Scanning(if idle {
@@ -86,7 +97,9 @@ impl Worker {
         loop {
             let query = match last_uid {
                 Some(last) => format!("UID {}:*", last.saturating_add(1)),
-                None if self.settings.after_processing == AfterProcessing::MarkSeen => {
+                None if self.settings.after_processing == AfterProcessing::MarkSeen
+                    && first_start != Some(FirstStart::All) =>
+                {
                     "UNSEEN".into()
                 }
                 None => "ALL".into(),
@@ -145,6 +158,10 @@ impl Worker {
                 mailbox.logout().await;
                 return Ok(());
             }
+            self.emit(WorkerEvent::CaughtUp {
+                at: jiff::Timestamp::now(),
+                idle,
+            });
             mailbox = if idle {
                 mailbox
                     .idle(self.options.idle_refresh, self.shutdown.clone())
@@ -169,11 +186,12 @@ impl Worker {
         let max = self.settings.max_message_size;
         let (too_big, fits): (Vec<_>, Vec<_>) =
             chunk.iter().copied().partition(|(_, size)| *size > max);
-        let quarantine: Vec<(u32, String)> = too_big
+        let quarantine: Vec<(u32, QuarantineKind, String)> = too_big
             .iter()
             .map(|(uid, size)| {
                 (
                     *uid,
+                    QuarantineKind::Oversized,
                     format!("message of {size} bytes is over maxMessageSize ({max} bytes)"),
                 )
             })
@@ -190,9 +208,7 @@ impl Worker {
         let dry_run = self.dry_run();
         let work = tokio::spawn(async move {
             let judged = tokio::task::spawn_blocking(move || {
-                let messages = bodies
-                    .iter()
-                    .filter_map(|f| Some((f.uid?, f.body().unwrap_or_default())));
+                let messages = bodies.iter().map(|m| (m.uid, &m.raw[..], m.arrived));
                 judging.batch(messages, jiff::Timestamp::now())
             })
             .await
@@ -226,15 +242,24 @@ impl Worker {
             .await
             .map_err(|e| format!("ticket delivery stopped: {e}"))
             .and_then(|r| r)
-            .map_err(SessionEnd::Sink)?;
+            .map_err(|message| SessionEnd::Sink {
+                message,
+                wait: None,
+            })?;
         let mut quarantine = fetched.quarantine;
-        quarantine.extend(judged.unparseable);
+        quarantine.extend(
+            judged
+                .unparseable
+                .into_iter()
+                .map(|(uid, reason)| (uid, QuarantineKind::Unparseable, reason)),
+        );
         if self.dry_run() {
             let folder = &self.settings.quarantine_folder;
-            for (uid, reason) in quarantine {
-                self.quarantined(format!(
-                    "(dry run) UID {uid} would be moved to {folder:?}: {reason}"
-                ));
+            for (uid, kind, reason) in quarantine {
+                self.quarantined(
+                    kind,
+                    format!("(dry run) UID {uid} would be moved to {folder:?}: {reason}"),
+                );
             }
             return Ok(());
         }
@@ -259,10 +284,10 @@ impl Worker {
         }
         if !quarantine.is_empty() {
             let folder = self.settings.quarantine_folder.clone();
-            let uids: Vec<u32> = quarantine.iter().map(|(uid, _)| *uid).collect();
+            let uids: Vec<u32> = quarantine.iter().map(|(uid, _, _)| *uid).collect();
             mailbox.move_to(&uids, &folder).await?;
-            for (uid, reason) in quarantine {
-                self.quarantined(format!("UID {uid} moved to {folder:?}: {reason}"));
+            for (uid, kind, reason) in quarantine {
+                self.quarantined(kind, format!("UID {uid} moved to {folder:?}: {reason}"));
             }
         }
         Ok(())

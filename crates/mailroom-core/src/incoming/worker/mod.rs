@@ -8,11 +8,12 @@
 
 mod imap_pass;
 mod pop3_pass;
+mod stats;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -21,12 +22,12 @@ use super::plan::Backoff;
 use super::settings::IncomingSettings;
 use crate::connection::limits::{SessionLimits, SessionSlot};
 use crate::connection::{ConnectionReport, Failure, Probe, Reason};
-use crate::filter::{RejectionLog, RejectionRecord, Verdict};
+use crate::filter::Verdict;
 use crate::sinks::{Delivery, Sink, SinkError};
-use crate::state::{Cursor, CursorStore, ImapCursor};
-use crate::sync::unpoisoned;
+use crate::state::{Cursor, CursorStore, ImapCursor, ThreadMap};
 use crate::ticket::Ticket;
 use crate::vocab::{ConnectionStage, IncomingProtocol, Mode};
+pub use stats::{Counted, WorkerStats};
 
 /// How new mail is noticed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +62,16 @@ pub enum WorkerEvent {
     TicketCreated {
         key: String,
         message_id: Option<String>,
+        /// When the mail server received the message, where it says.
+        arrived: Option<jiff::Timestamp>,
+    },
+    /// A reply was added to the ticket it answers.
+    ReplyDelivered {
+        key: String,
+        message_id: Option<String>,
+        /// The sink's name for the ticket, where known.
+        ticket: Option<String>,
+        arrived: Option<jiff::Timestamp>,
     },
     /// The sink refused the ticket for good; the mail is left in place.
     TicketRejected {
@@ -70,6 +81,7 @@ pub enum WorkerEvent {
     /// Unparseable or oversized: moved to the quarantine folder (IMAP) or
     /// skipped (POP3). Neither kind has a Message-ID to report.
     Quarantined {
+        kind: QuarantineKind,
         reason: String,
     },
     SinkUnavailable {
@@ -77,6 +89,28 @@ pub enum WorkerEvent {
         retry_in: Duration,
     },
     CursorAdvanced(Cursor),
+    /// Everything the mailbox held has been taken; `idle`: the session now
+    /// waits in IDLE, so new mail is taken as it arrives.
+    CaughtUp {
+        at: jiff::Timestamp,
+        idle: bool,
+    },
+}
+
+/// Why a message was set aside without a ticket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuarantineKind {
+    Oversized,
+    Unparseable,
+}
+
+impl QuarantineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Oversized => "oversized",
+            Self::Unparseable => "unparseable",
+        }
+    }
 }
 
 /// Where a worker's events go: the one path of its facts to status, events,
@@ -93,75 +127,11 @@ impl Observer for mpsc::UnboundedSender<WorkerEvent> {
     }
 }
 
-/// Counters of a mailbox, folded from its workers' events.
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    pub fetched: AtomicU64,
-    pub tickets_created: AtomicU64,
-    pub rejected: AtomicU64,
-    pub failed: AtomicU64,
-    pub last_fetch_at: Mutex<Option<jiff::Timestamp>>,
-    /// Rejections (filter, loop protection, sender), with counts per rule.
-    pub rejections: Mutex<RejectionLog>,
-}
-
-impl WorkerStats {
-    /// Counts what `event` tells.
-    pub(crate) fn fold(&self, event: &WorkerEvent) {
-        match event {
-            WorkerEvent::Fetched { count, at } => {
-                self.fetched.fetch_add(*count as u64, Ordering::Relaxed);
-                *unpoisoned(&self.last_fetch_at) = Some(*at);
-            }
-            WorkerEvent::Judged {
-                message_id,
-                sender,
-                verdict,
-                dry_run,
-                at,
-            } if !verdict.accepted => {
-                self.rejected.fetch_add(1, Ordering::Relaxed);
-                unpoisoned(&self.rejections).record(RejectionRecord {
-                    at: *at,
-                    sender: sender.clone(),
-                    recipient: None,
-                    message_id: message_id.clone(),
-                    rule: verdict.rule.clone(),
-                    reason: if *dry_run {
-                        format!("(dry run) {}", verdict.reason)
-                    } else {
-                        verdict.reason.clone()
-                    },
-                });
-            }
-            WorkerEvent::TicketCreated { .. } => {
-                self.tickets_created.fetch_add(1, Ordering::Relaxed);
-            }
-            WorkerEvent::TicketRejected { .. } | WorkerEvent::Quarantined { .. } => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Folds events into `stats`, then hands them on.
-pub struct Counted<O> {
-    pub stats: Arc<WorkerStats>,
-    pub inner: O,
-}
-
-impl<O: Observer> Observer for Counted<O> {
-    fn observe(&self, event: WorkerEvent) {
-        self.stats.fold(&event);
-        self.inner.observe(event);
-    }
-}
-
-/// Told of every new ticket (not of re-deliveries of an old one): the adapters
-/// hang acknowledgements here.
+/// Told of every new ticket (not of re-deliveries of an old one, nor of
+/// replies added to a ticket): the adapters hang acknowledgements here.
 pub trait TicketHook: Send + Sync + std::fmt::Debug {
-    fn ticket_created(&self, ticket: &Ticket);
+    /// `reference`: the sink's name for the ticket, when it gave one.
+    fn ticket_created(&self, ticket: &Ticket, reference: Option<&str>);
 }
 
 /// Every worker spawned with it, to be aborted at once: a leader that can no
@@ -244,7 +214,11 @@ fn throttled_wait() -> Duration {
 /// Why a session ended early.
 enum SessionEnd {
     Connect(Box<ConnectionReport>),
-    Sink(String),
+    /// The sink failed; `wait` is the pause it asked for, if any.
+    Sink {
+        message: String,
+        wait: Option<Duration>,
+    },
     Lost(Failure),
 }
 
@@ -265,6 +239,8 @@ pub struct Worker {
     backoff: Backoff,
     /// Locked by each batch in fetch order, released when it is judged.
     judging: Arc<tokio::sync::Mutex<Judging>>,
+    /// Message-ID → ticket, filled by judging, saved with the cursor.
+    threads: Arc<std::sync::Mutex<ThreadMap>>,
     /// DryRun keeps its cursor here, never on disk: switching to Active later
     /// starts where the last Active run stopped.
     dry_cursor: Option<Cursor>,
@@ -280,8 +256,13 @@ impl Worker {
         options: WorkerOptions,
     ) -> WorkerHandle {
         let (tx, rx) = watch::channel(false);
+        let threads = Arc::new(std::sync::Mutex::new(ThreadMap::default()));
         let worker = Worker {
-            judging: Arc::new(tokio::sync::Mutex::new(Judging::new(&settings))),
+            judging: Arc::new(tokio::sync::Mutex::new(Judging::new(
+                &settings,
+                threads.clone(),
+            ))),
+            threads,
             dry_cursor: None,
             key: settings.ticket.mailbox.clone(),
             backoff: Backoff {
@@ -356,15 +337,41 @@ impl Worker {
         }
     }
 
+    /// One session. A panic in it — a parser meeting an answer it cannot
+    /// handle (imap-proto slices some malformed status texts inside a
+    /// character) — ends the session as a protocol error, to be retried like
+    /// any other, instead of ending the worker.
+    async fn session(&mut self) -> Result<(), SessionEnd> {
+        let session = async {
+            match self.settings.protocol {
+                IncomingProtocol::Imap => self.imap_session().await,
+                IncomingProtocol::Pop3 => self.pop3_session().await,
+            }
+        };
+        std::panic::AssertUnwindSafe(session)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(SessionEnd::Lost(Failure::new(
+                    Reason::ProtocolError,
+                    format!(
+                        "the server sent an answer that could not be read ({what}); reconnecting"
+                    ),
+                )))
+            })
+    }
+
     async fn run(mut self) {
         while !self.stopping() {
             let Some(slot) = self.session_slot().await else {
                 break;
             };
-            let outcome = match self.settings.protocol {
-                IncomingProtocol::Imap => self.imap_session().await,
-                IncomingProtocol::Pop3 => self.pop3_session().await,
-            };
+            let outcome = self.session().await;
             // Not held through the backoff or a POP3 poll's wait: another
             // resource may use it.
             drop(slot);
@@ -385,12 +392,15 @@ impl Worker {
             {
                 retry_in = retry_in.max(throttled_wait());
             }
+            if let SessionEnd::Sink { wait: Some(w), .. } = &end {
+                retry_in = retry_in.max(*w);
+            }
             match end {
                 SessionEnd::Connect(report) => self.emit(WorkerEvent::ConnectionFailed {
                     report: *report,
                     retry_in,
                 }),
-                SessionEnd::Sink(message) => {
+                SessionEnd::Sink { message, .. } => {
                     self.emit(WorkerEvent::SinkUnavailable { message, retry_in })
                 }
                 SessionEnd::Lost(failure) => {
@@ -423,18 +433,29 @@ impl Worker {
         ))
     }
 
-    async fn load_cursor(&self) -> Result<Cursor, SessionEnd> {
-        if self.dry_run() {
-            return Ok(self.dry_cursor.clone().unwrap_or_default());
+    /// The saved cursor, and whether this is the first start (none saved).
+    async fn load_cursor(&self) -> Result<(Cursor, bool), SessionEnd> {
+        let saved = if self.dry_run() {
+            self.dry_cursor.clone()
+        } else {
+            self.store
+                .load(&self.key)
+                .await
+                .map_err(Self::cursor_failure)?
+        };
+        let first = saved.is_none();
+        let cursor = saved.unwrap_or_default();
+        // What this worker judged since it started is newer than what any
+        // saved cursor holds.
+        let mut threads = crate::sync::unpoisoned(&self.threads);
+        if threads.is_empty() {
+            *threads = cursor.threads.clone();
         }
-        self.store
-            .load(&self.key)
-            .await
-            .map(Option::unwrap_or_default)
-            .map_err(Self::cursor_failure)
+        Ok((cursor, first))
     }
 
-    async fn save_cursor(&mut self, cursor: &Cursor) -> Result<(), SessionEnd> {
+    async fn save_cursor(&mut self, cursor: &mut Cursor) -> Result<(), SessionEnd> {
+        cursor.threads = crate::sync::unpoisoned(&self.threads).clone();
         if self.dry_run() {
             self.dry_cursor = Some(cursor.clone());
             return Ok(());
@@ -488,17 +509,42 @@ impl Worker {
         tickets: &[Ticket],
         result: Result<Vec<Delivery>, SinkError>,
     ) -> Result<Vec<usize>, SessionEnd> {
-        let deliveries = result.map_err(|e| SessionEnd::Sink(e.to_string()))?;
+        let deliveries = result.map_err(|e| SessionEnd::Sink {
+            message: e.to_string(),
+            wait: e.retry_after(),
+        })?;
         let mut accepted = Vec::new();
         for (i, (ticket, delivery)) in tickets.iter().zip(deliveries).enumerate() {
+            // The sink's name for the ticket, for later replies by In-Reply-To.
+            if let Delivery::Created { reference } = &delivery {
+                crate::sync::unpoisoned(&self.threads).learn(ticket.root_key(), reference);
+            }
             match delivery {
-                Delivery::Accepted => {
+                Delivery::Accepted | Delivery::Created { .. } if ticket.reply_to.is_some() => {
+                    let answered = match &delivery {
+                        Delivery::Created { reference } => Some(reference.clone()),
+                        _ => ticket.reply_to.as_ref().and_then(|r| r.ticket.clone()),
+                    };
+                    self.emit(WorkerEvent::ReplyDelivered {
+                        key: ticket.idempotency_key.clone(),
+                        message_id: ticket.message_id.clone(),
+                        ticket: answered,
+                        arrived: ticket.arrived_at.as_deref().and_then(|t| t.parse().ok()),
+                    });
+                    accepted.push(i);
+                }
+                Delivery::Accepted | Delivery::Created { .. } => {
                     self.emit(WorkerEvent::TicketCreated {
                         key: ticket.idempotency_key.clone(),
                         message_id: ticket.message_id.clone(),
+                        arrived: ticket.arrived_at.as_deref().and_then(|t| t.parse().ok()),
                     });
                     if let Some(hook) = &self.options.on_ticket {
-                        hook.ticket_created(ticket);
+                        let reference = match &delivery {
+                            Delivery::Created { reference } => Some(reference.as_str()),
+                            _ => None,
+                        };
+                        hook.ticket_created(ticket, reference);
                     }
                     accepted.push(i);
                 }
@@ -514,7 +560,7 @@ impl Worker {
         Ok(accepted)
     }
 
-    fn quarantined(&self, reason: String) {
-        self.emit(WorkerEvent::Quarantined { reason });
+    fn quarantined(&self, kind: QuarantineKind, reason: String) {
+        self.emit(WorkerEvent::Quarantined { kind, reason });
     }
 }

@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 
-use super::{Scanning, SessionEnd, Worker, WorkerEvent};
+use super::{QuarantineKind, Scanning, SessionEnd, Worker, WorkerEvent};
 use crate::connection::Probe;
 use crate::incoming::judging::Outcome;
 use crate::incoming::pop3::Pop3;
-use crate::vocab::{AfterProcessing, ConnectionStage};
+use crate::vocab::{AfterProcessing, ConnectionStage, FirstStart};
 
 impl Worker {
     pub(super) async fn pop3_session(&mut self) -> Result<(), SessionEnd> {
@@ -29,8 +29,17 @@ impl Worker {
             reason: "POP3 has no IDLE".into(),
         }));
 
-        let mut cursor = self.load_cursor().await?;
+        let (mut cursor, first_start) = self.load_cursor().await?;
         let uidl = pop.uidl().await?;
+        if first_start && self.settings.first_start == FirstStart::NewOnly {
+            // What is there already counts as processed and kept on purpose:
+            // never fetched, and never deleted by afterProcessing.
+            for (_, u) in &uidl {
+                cursor.pop3_seen.insert(u);
+                cursor.pop3_kept.insert(u);
+            }
+            self.save_cursor(&mut cursor).await?;
+        }
         let sizes: HashMap<u32, u64> = pop.list().await?.into_iter().collect();
         // Forget messages that are gone from the server: the sets stay small.
         let present = || uidl.iter().map(|(_, u)| u.as_str());
@@ -65,12 +74,12 @@ impl Worker {
             for (n, uid) in chunk {
                 let size = sizes.get(n).copied().unwrap_or(0);
                 if size > max {
-                    self.quarantined(format!("POP3 message {uid} of {size} bytes is over maxMessageSize ({max} bytes): skipped, left on the server"));
+                    self.quarantined(QuarantineKind::Oversized, format!("POP3 message {uid} of {size} bytes is over maxMessageSize ({max} bytes): skipped, left on the server"));
                     cursor.pop3_kept.insert(uid);
                     continue;
                 }
                 let raw = pop.retr(*n, size).await?;
-                let (outcome, verdict) = self.judging.lock().await.message(&raw, now);
+                let (outcome, verdict) = self.judging.lock().await.message(&raw, now, None);
                 if let Some(event) = verdict {
                     self.emit(event);
                 }
@@ -81,9 +90,10 @@ impl Worker {
                     }
                     Outcome::Rejected => rejected.push(*n),
                     Outcome::Unparseable(e) => {
-                        self.quarantined(format!(
-                            "POP3 message {uid}: {e}: skipped, left on the server"
-                        ));
+                        self.quarantined(
+                            QuarantineKind::Unparseable,
+                            format!("POP3 message {uid}: {e}: skipped, left on the server"),
+                        );
                         cursor.pop3_kept.insert(uid);
                     }
                 }
@@ -108,10 +118,17 @@ impl Worker {
             cursor
                 .pop3_seen
                 .extend(chunk.iter().map(|(_, uid)| uid.as_str()));
-            self.save_cursor(&cursor).await?;
+            self.save_cursor(&mut cursor).await?;
         }
+        let complete = !self.stopping();
         // QUIT commits the deletions.
         pop.quit().await?;
+        if complete {
+            self.emit(WorkerEvent::CaughtUp {
+                at: jiff::Timestamp::now(),
+                idle: false,
+            });
+        }
         Ok(())
     }
 }

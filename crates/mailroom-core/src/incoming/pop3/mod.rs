@@ -15,6 +15,9 @@ use crate::connection::{
 };
 use crate::oauth2::{self, Attempt, no_token_mechanism, sasl::Mechanism};
 use crate::vocab::{ConnectionStage, SecurityType};
+use parse::Reply;
+
+pub mod parse;
 
 /// Longest status line accepted; RFC 1939 allows 512 octets.
 const MAX_LINE: u64 = 8 * 1024;
@@ -26,12 +29,6 @@ pub(crate) struct Pop3 {
 
 /// The protocol's name in errors.
 const POP3: &str = "POP3";
-
-/// A POP3 answer: `+OK text` or `-ERR text`.
-enum Reply {
-    Ok(String),
-    Err(String),
-}
 
 impl Pop3 {
     fn new(stream: MailStream, io: Duration) -> Self {
@@ -63,17 +60,7 @@ impl Pop3 {
 
     async fn reply(&mut self) -> Result<Reply, Failure> {
         let line = within(self.io, "waiting for the POP3 server", self.read_line()).await?;
-        if let Some(rest) = line.strip_prefix("+OK") {
-            Ok(Reply::Ok(rest.trim().to_owned()))
-        } else if let Some(rest) = line.strip_prefix("-ERR") {
-            Ok(Reply::Err(rest.trim().to_owned()))
-        } else {
-            Err(protocol_error(
-                POP3,
-                "reply",
-                format!("unexpected line {line:?}"),
-            ))
-        }
+        parse::reply(&line)
     }
 
     async fn send(&mut self, line: &str) -> Result<(), Failure> {
@@ -118,11 +105,10 @@ impl Pop3 {
                         "connection closed in a listing",
                     ));
                 }
-                if line == b".\r\n" || line == b".\n" {
-                    return Ok(out);
+                match parse::body_line(&line) {
+                    Some(body) => out.extend_from_slice(body),
+                    None => return Ok(out),
                 }
-                let body = line.strip_prefix(b".").unwrap_or(&line);
-                out.extend_from_slice(body);
             }
         })
         .await
@@ -131,13 +117,7 @@ impl Pop3 {
     async fn capa(&mut self) -> Result<Vec<String>, Failure> {
         self.send("CAPA").await?;
         match self.reply().await? {
-            Reply::Ok(_) => Ok(
-                String::from_utf8_lossy(&self.multiline(MAX_LINE * 64).await?)
-                    .lines()
-                    .map(|l| l.trim().to_owned())
-                    .filter(|l| !l.is_empty())
-                    .collect(),
-            ),
+            Reply::Ok(_) => Ok(parse::capabilities(&self.multiline(MAX_LINE * 64).await?)),
             // CAPA is optional (RFC 2449): an old server simply has none.
             Reply::Err(_) => Ok(Vec::new()),
         }
@@ -270,29 +250,13 @@ impl Pop3 {
     /// Number of messages and total size.
     pub(crate) async fn stat(&mut self) -> Result<(u32, u64), Failure> {
         let text = self.command("STAT", "STAT").await?;
-        let mut words = text.split_whitespace();
-        let count = words.next().and_then(|w| w.parse().ok());
-        let size = words.next().and_then(|w| w.parse().ok());
-        count
-            .zip(size)
-            .ok_or_else(|| protocol_error(POP3, "STAT", format!("unexpected answer {text:?}")))
+        parse::stat(&text)
     }
 
     async fn listing(&mut self, command: &str) -> Result<Vec<(u32, String)>, Failure> {
         self.command(command, command).await?;
         let body = self.multiline(64 * 1024 * 1024).await?;
-        String::from_utf8_lossy(&body)
-            .lines()
-            .map(|l| {
-                let (n, rest) = l.trim().split_once(' ').ok_or_else(|| {
-                    protocol_error(POP3, command, format!("unexpected line {l:?}"))
-                })?;
-                let n = n
-                    .parse()
-                    .map_err(|_| protocol_error(POP3, command, format!("unexpected line {l:?}")))?;
-                Ok((n, rest.trim().to_owned()))
-            })
-            .collect()
+        parse::listing(&body, command)
     }
 
     /// Message numbers with their unique ids.
@@ -302,15 +266,7 @@ impl Pop3 {
 
     /// Message numbers with their sizes.
     pub(crate) async fn list(&mut self) -> Result<Vec<(u32, u64)>, Failure> {
-        self.listing("LIST")
-            .await?
-            .into_iter()
-            .map(|(n, size)| {
-                size.parse()
-                    .map(|s| (n, s))
-                    .map_err(|_| protocol_error(POP3, "LIST", format!("bad size {size:?}")))
-            })
-            .collect()
+        parse::sizes(self.listing("LIST").await?)
     }
 
     /// One whole message.
