@@ -4,8 +4,8 @@
 //!
 //! Postfix delivers into Dovecot over LMTP, so a message sent through the stack
 //! can be fetched back from it; mail to any other domain lands in the sink
-//! mailbox, so nothing leaves the machine. A third listener per protocol, on
-//! 127.0.0.2, offers no STARTTLS and accepts passwords in clear: tests use it to
+//! mailbox, so nothing leaves the machine. The plain ports answer on ::1 too,
+//! there with no STARTTLS and passwords accepted in clear: tests use that to
 //! prove that a client refuses to log in there.
 //!
 //! `kube` is a Kubernetes API server double on loopback, for the controller.
@@ -24,7 +24,9 @@ mod tls;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream,
+};
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -39,8 +41,9 @@ pub use tls::{TestCerts, acceptor as tls_acceptor, generate as test_certificates
 
 /// The mail domain every test user lives in.
 pub const DOMAIN: &str = "mailroom.test";
-/// Loopback address whose listeners offer no STARTTLS and accept passwords in clear.
-pub const CLEARTEXT_HOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+/// Loopback address whose listeners offer no STARTTLS and accept passwords in
+/// clear: IPv6's, since tests talk to 127.0.0.1 and ::1 only.
+pub const CLEARTEXT_HOST: Ipv6Addr = Ipv6Addr::LOCALHOST;
 /// Mailbox that receives every message addressed outside [`DOMAIN`].
 pub const SINK: &str = "sink@mailroom.test";
 /// Postfix accepts mail for this local part and throws it away.
@@ -100,10 +103,10 @@ pub fn raise_fd_limit() -> Result<(), Error> {
 /// source port of an outgoing connection (tests open thousands), and the
 /// server then fails to start.
 pub fn free_port() -> Result<u16, Error> {
-    free_port_on(&[Ipv4Addr::LOCALHOST])
+    free_port_on(&[IpAddr::V4(Ipv4Addr::LOCALHOST)])
 }
 
-fn free_port_on(hosts: &[Ipv4Addr]) -> Result<u16, Error> {
+fn free_port_on(hosts: &[IpAddr]) -> Result<u16, Error> {
     const FIRST: u16 = 20000;
     const SPAN: u16 = 12000;
     // Callers of one process take turns through the span, so no two get the
@@ -155,7 +158,7 @@ impl Ports {
 
     /// Ports free on both loopback addresses right now (see [`free_port`]).
     pub fn free() -> Result<Self, Error> {
-        let next = || free_port_on(&[Ipv4Addr::LOCALHOST, CLEARTEXT_HOST]);
+        let next = || free_port_on(&[IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(CLEARTEXT_HOST)]);
         Ok(Self {
             imap: next()?,
             imaps: next()?,
@@ -783,7 +786,7 @@ impl Stack {
     }
     /// The listener for `port` that offers no STARTTLS (IMAP, POP3 or submission port).
     pub fn cleartext(&self, port: u16) -> SocketAddr {
-        SocketAddr::V4(SocketAddrV4::new(CLEARTEXT_HOST, port))
+        SocketAddr::V6(SocketAddrV6::new(CLEARTEXT_HOST, port, 0, 0))
     }
 
     /// Adds a user with the given password (e.g. a 16-letter app password).

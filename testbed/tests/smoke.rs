@@ -235,6 +235,11 @@ fn cleartext_listeners_offer_no_starttls() {
     );
     let caps = imap.imap("a", "CAPABILITY").unwrap();
     assert!(!caps.iter().any(|l| l.contains("STARTTLS")), "{caps:?}");
+    // Nor does it refuse LOGIN in clear.
+    assert!(
+        !caps.iter().any(|l| l.contains("LOGINDISABLED")),
+        "{caps:?}"
+    );
 
     let mut pop = LineClient::plain(stack.cleartext(p.pop3), stack.ca_pem()).unwrap();
     pop.line().unwrap();
