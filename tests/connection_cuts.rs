@@ -72,8 +72,8 @@ async fn relay(stack: &Stack, word: &'static str, nth: usize) -> Relay {
                     }
                     let _ = server_write.flush().await;
                 }
-                // Dovecot sees the worker leave and closes its side, which
-                // ends the copy and gives back the way to the worker.
+                // Dovecot sees the relay leave and closes its side, which
+                // ends the copy and hands back the worker's half.
                 let _ = server_write.shutdown().await;
                 let Ok(mut client_write) = down.await else {
                     return;
