@@ -10,7 +10,6 @@ mod support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use mailroom::api::{IncomingProtocol, SecurityType};
 use mailroom_core::connection::Reason;
 use mailroom_core::incoming::worker::{WorkerEvent, WorkerOptions};
 use mailroom_core::state::FileCursorStore;
@@ -105,16 +104,7 @@ async fn cut_and_recover(hint: &str, word: &'static str, nth: usize, verb: &str)
         .unwrap();
     let relay = relay(stack, word, nth).await;
     let out = tempfile::tempdir().unwrap();
-    let mut s = settings(
-        stack,
-        &user,
-        IncomingProtocol::Imap,
-        SecurityType::Ssl,
-        |_| {},
-    );
-    s.server.endpoint.host = "127.0.0.1".into();
-    s.server.endpoint.port = relay.port;
-    s.server.tls.extra_ca_pem = Some(relay.certs.ca_pem.clone());
+    let s = imaps_at(stack, &user, relay.port, &relay.certs.ca_pem);
     let store = Arc::new(FileCursorStore::new(out.path().join("state")));
     let options = WorkerOptions { batch: 5, ..fast() };
     let mut run = start(s, dir_sink(&out.path().join("t")), store, options);

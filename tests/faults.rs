@@ -402,16 +402,7 @@ async fn an_answer_that_panics_the_imap_parser_is_a_protocol_error_and_the_worke
     let (port, sessions) = serve_imaps(&certs, greeting).await;
     let stack = Stack::shared();
     let user = stack.create_user("parser-panic").unwrap();
-    let mut s = settings(
-        stack,
-        &user,
-        IncomingProtocol::Imap,
-        SecurityType::Ssl,
-        |_| {},
-    );
-    s.server.endpoint.host = "127.0.0.1".into();
-    s.server.endpoint.port = port;
-    s.server.tls.extra_ca_pem = Some(certs.ca_pem.clone());
+    let s = imaps_at(stack, &user, port, &certs.ca_pem);
     let out = tempfile::tempdir().unwrap();
     let mut run = start(
         s,

@@ -123,6 +123,22 @@ pub fn settings(
     resolve(&spec, &secrets)
 }
 
+/// IMAPS settings for `user` aimed at a server the test runs itself on
+/// 127.0.0.1:`port` (a scripted server or a relay), trusted through `ca_pem`.
+pub fn imaps_at(stack: &Stack, user: &User, port: u16, ca_pem: &str) -> IncomingSettings {
+    let mut s = settings(
+        stack,
+        user,
+        IncomingProtocol::Imap,
+        SecurityType::Ssl,
+        |_| {},
+    );
+    s.server.endpoint.host = "127.0.0.1".into();
+    s.server.endpoint.port = port;
+    s.server.tls.extra_ca_pem = Some(ca_pem.to_owned());
+    s
+}
+
 pub fn dir_sink(dir: &Path) -> Sink {
     Sink::Directory(DirectorySink::open(dir).unwrap())
 }
